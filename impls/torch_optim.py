@@ -1,0 +1,217 @@
+"""torch.optim under test: the for-loop, foreach and fused implementations.
+
+Each rule is bound to a ``torch.optim`` class by data alone; the runner sets
+``param.grad`` each step, writes ``group["lr"] = eta * s_t`` before the step (what an
+``LRScheduler`` does) and reads ``optimizer.state[param]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from optspec.impls.base import Binding, Plan, Requirement, Slot, Support
+
+from optspec.errors import AdapterError
+from optspec.reference import CaseInputs, Trajectory
+
+_ON_OFF = {"off": Support({"maximize": False}), "on": Support({"maximize": True})}
+_DEFAULT_ONLY = Support()
+
+BINDINGS: dict[str, Binding] = {
+    "sgd": Binding(
+        rule="sgd",
+        target="torch.optim.SGD",
+        hyper={"lr": "lr", "momentum": "momentum", "dampening": "dampening", "weight_decay": "weight_decay"},
+        variants={
+            "weight_decay": {"l2": _DEFAULT_ONLY},
+            "dampening": {"first_step_undamped": _DEFAULT_ONLY},
+            "nesterov": {
+                "off": Support({"nesterov": False}),
+                "on": Support(
+                    {"nesterov": True},
+                    (
+                        Requirement("momentum > 0", "Nesterov needs momentum > 0"),
+                        Requirement("dampening == 0", "Nesterov needs dampening = 0"),
+                    ),
+                ),
+            },
+            "maximize": _ON_OFF,
+        },
+        state={"b": Slot("momentum_buffer")},
+    ),
+    "adam": Binding(
+        rule="adam",
+        target="torch.optim.Adam",
+        hyper={"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={
+            "epsilon": {"outside": _DEFAULT_ONLY},
+            "amsgrad": {"off": Support({"amsgrad": False}), "raw": Support({"amsgrad": True})},
+            "maximize": _ON_OFF,
+        },
+        state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq"), "vmax": Slot("max_exp_avg_sq")},
+    ),
+    "adamw": Binding(
+        rule="adamw",
+        target="torch.optim.AdamW",
+        hyper={"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={"decay_scale": {"lr": _DEFAULT_ONLY}, "maximize": _ON_OFF},
+        state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq")},
+    ),
+    "rmsprop": Binding(
+        rule="rmsprop",
+        target="torch.optim.RMSprop",
+        hyper={"lr": "lr", "alpha": "alpha", "eps": "eps", "weight_decay": "weight_decay", "momentum": "momentum"},
+        variants={
+            "centered": {"off": Support({"centered": False}), "on": Support({"centered": True})},
+            "epsilon": {"outside": _DEFAULT_ONLY},
+            "momentum_lr": {"outside": _DEFAULT_ONLY},
+            "maximize": _ON_OFF,
+        },
+        state={"v": Slot("square_avg"), "gbar": Slot("grad_avg"), "b": Slot("momentum_buffer")},
+    ),
+    "adagrad": Binding(
+        rule="adagrad",
+        target="torch.optim.Adagrad",
+        hyper={
+            "lr": "lr",
+            "lr_decay": "lr_decay",
+            "weight_decay": "weight_decay",
+            "initial_accumulator_value": "initial_accumulator_value",
+            "eps": "eps",
+        },
+        variants={"epsilon": {"outside": _DEFAULT_ONLY}, "maximize": _ON_OFF},
+        state={"G": Slot("sum")},
+    ),
+    "adamax": Binding(
+        rule="adamax",
+        target="torch.optim.Adamax",
+        hyper={"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={"maximize": _ON_OFF},
+        state={"m": Slot("exp_avg"), "u": Slot("exp_inf")},
+    ),
+    "adadelta": Binding(
+        rule="adadelta",
+        target="torch.optim.Adadelta",
+        hyper={"lr": "lr", "rho": "rho", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={"maximize": _ON_OFF},
+        state={"Eg": Slot("square_avg"), "Ex": Slot("acc_delta")},
+    ),
+}
+
+#: torch.optim classes that accept ``fused=True`` on the CPU in torch 2.13.
+FUSED_RULES = frozenset({"sgd", "adam", "adamw", "adagrad"})
+
+
+def torch_unavailable() -> str | None:
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed (pip install 'optspec[torch]')"
+    return None
+
+
+def resolve_target(target: str) -> Any:
+    module_name, _, attribute = target.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def run_torch_optimizer(
+    optimizer_class: Any,
+    kwargs: Mapping[str, Any],
+    slots: Mapping[str, Slot],
+    inputs: CaseInputs,
+    base_lr: float,
+    dtype: str,
+    record: Sequence[int],
+    what: str,
+    device: str = "cpu",
+) -> Trajectory:
+    """Run a torch optimizer on the case inputs and read parameters and state."""
+    import torch
+
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[dtype]
+    params = [torch.tensor(p, dtype=torch_dtype, device=device) for p in inputs.params]
+    try:
+        optimizer = optimizer_class(params, **kwargs)
+    except Exception as exc:  # the library's own error, reported with its message
+        raise AdapterError(f"{what}: constructing the optimizer raised {type(exc).__name__}: {exc}") from None
+    wanted = set(record)
+    trajectory: Trajectory = {}
+    for t in range(1, inputs.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * float(inputs.lr_multipliers[t - 1])
+        for param, grads in zip(params, inputs.grads):
+            param.grad = torch.tensor(grads[t - 1], dtype=torch_dtype, device=device)
+        try:
+            optimizer.step()
+        except Exception as exc:
+            raise AdapterError(f"{what}: step {t} raised {type(exc).__name__}: {exc}") from None
+        if t in wanted:
+            snapshot = []
+            for param in params:
+                state = optimizer.state[param]
+                values = {"theta": _numpy(param)}
+                for slot, where in slots.items():
+                    value = state.get(where.key)
+                    if isinstance(value, torch.Tensor):
+                        values[slot] = where.sign * _numpy(value)
+                snapshot.append(values)
+            trajectory[t] = snapshot
+    return trajectory
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    import torch
+
+    return tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+
+
+class TorchOptim:
+    """One torch.optim code path: ``for-loop`` (foreach=False), ``foreach`` or ``fused``."""
+
+    framework = "torch"
+    dtypes = ("float32", "float64")
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        self.path = path
+        self.device = device
+        suffix = "" if device == "cpu" else f".{device}"
+        self.name = f"torch.{path}{suffix}"
+
+    def unavailable(self) -> str | None:
+        reason = torch_unavailable()
+        if reason is None and self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                return "no CUDA device (torch.cuda.is_available() is False)"
+        return reason
+
+    def binding(self, rule: str) -> Binding | None:
+        if self.path == "fused" and rule not in FUSED_RULES:
+            return None
+        return BINDINGS.get(rule)
+
+    def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
+        assert plan.binding is not None
+        kwargs = dict(plan.kwargs)
+        if self.path == "fused":
+            kwargs["fused"] = True
+        else:
+            kwargs["foreach"] = self.path == "foreach"
+        return run_torch_optimizer(
+            resolve_target(plan.binding.target),
+            kwargs,
+            plan.binding.state,
+            inputs,
+            hyper["lr"],
+            dtype,
+            record,
+            f"{self.name} {plan.binding.target}",
+            self.device,
+        )
+
+
+IMPLEMENTATIONS = (TorchOptim("for-loop"), TorchOptim("foreach"), TorchOptim("fused"))

@@ -1,0 +1,69 @@
+"""Golden-case inputs: initial parameters and gradient streams, made deterministically.
+
+Every case has five tensors with shapes (), (1,), (7,), (3, 5) and (2, 3, 4), each with
+its own gradient profile so that every convention shows up somewhere:
+
+====  =========  ===============================================================
+idx   shape      gradient profile (``standard``)
+====  =========  ===============================================================
+0     ()         N(0, 1)
+1     (1,)       N(0, 1) * small, ``small = 3 * eps`` (magnitude near epsilon)
+2     (7,)       N(0, 1), then N(0, 1) * 0.05 after the first fifth of the steps
+                 (falling norm: AMSGrad's two maxima part)
+3     (3, 5)     0.5 + N(0, 1) (a consistent direction)
+4     (2, 3, 4)  N(0, 1) * 10**U(log10(small), 0) per element (mixed scales)
+====  =========  ===============================================================
+
+``zero`` gives exactly zero gradients. All values are rounded to binary32, so that a
+float32 implementation receives exactly the inputs the float64 reference used.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from optspec.reference import CaseInputs, evaluate_lr_multipliers
+from optspec.spec import CaseSpec, Spec
+
+SHAPES: tuple[tuple[int, ...], ...] = ((), (1,), (7,), (3, 5), (2, 3, 4))
+#: Steps whose parameters and state are stored (plus the last step).
+RECORDED_STEPS = (1, 2, 3, 10)
+
+
+def recorded_steps(steps: int) -> tuple[int, ...]:
+    return tuple(sorted({*(s for s in RECORDED_STEPS if s <= steps), steps}))
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
+def small_scale(hyper: Mapping[str, float]) -> float:
+    """Gradient magnitude 'near epsilon' for this case."""
+    eps = hyper.get("eps", 0.0)
+    return 3.0 * eps if eps > 0 else 1e-4
+
+
+def make_inputs(spec: Spec, case: CaseSpec) -> CaseInputs:
+    """The inputs of one case; the seed depends only on the rule and case names."""
+    hyper = spec.hyper_values(case.hyper)
+    rng = np.random.default_rng(zlib.crc32(f"{spec.name}/{case.id}".encode()))
+    steps = case.steps
+    params = tuple(_f32(rng.standard_normal(shape)) for shape in SHAPES)
+    if case.grads == "zero":
+        grads = tuple(np.zeros((steps, *shape)) for shape in SHAPES)
+    else:
+        small = small_scale(hyper)
+        fall = np.where(np.arange(1, steps + 1) <= max(1, steps // 5), 1.0, 0.05)
+        scales = 10.0 ** rng.uniform(np.log10(small), 0.0, size=SHAPES[4])
+        grads = (
+            _f32(rng.standard_normal((steps, *SHAPES[0]))),
+            _f32(rng.standard_normal((steps, *SHAPES[1])) * small),
+            _f32(rng.standard_normal((steps, *SHAPES[2])) * fall[:, None]),
+            _f32(0.5 + rng.standard_normal((steps, *SHAPES[3]))),
+            _f32(rng.standard_normal((steps, *SHAPES[4])) * scales),
+        )
+    return CaseInputs(params, grads, evaluate_lr_multipliers(case.lr_multiplier, steps))

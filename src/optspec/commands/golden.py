@@ -1,0 +1,39 @@
+"""``optspec golden``: write the golden vectors, or ``--check`` that they are current."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from optspec.commands import add_spec_options, library_from
+from optspec.errors import UsageError
+from optspec.golden import check_all, default_golden_dir, write_all
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("golden", help="generate golden vectors from the specs (float64 reference)")
+    add_spec_options(parser)
+    parser.add_argument("rules", nargs="*", help="only these rules (default: all)")
+    parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
+    parser.add_argument("--check", action="store_true", help="regenerate in memory and fail (exit 1) if any file differs")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    library = library_from(args)
+    specs = [library.get(name) for name in (args.rules or library.names)]
+    directory = args.dir or default_golden_dir()
+    if args.check:
+        problems = check_all(specs, directory)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            return 1
+        print(f"golden vectors of {len(specs)} rules in {directory} are current")
+        return 0
+    if not directory.parent.exists():
+        raise UsageError(f"{directory}: parent directory does not exist; pass --dir")
+    for path in write_all(specs, directory):
+        print(f"wrote {path}")
+    return 0

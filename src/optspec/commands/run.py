@@ -1,0 +1,98 @@
+"""``optspec run``: the main job. Conformance of every installed implementation, as a matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from optspec.commands import add_spec_options, library_from
+from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, run_check
+from optspec.errors import UsageError
+from optspec.golden import default_golden_dir, write_atomic
+from optspec.impls import all_implementations, implementation
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run conformance of every installed implementation (main job)")
+    add_spec_options(parser)
+    parser.add_argument("--rule", action="append", default=[], help="only this rule (repeatable)")
+    parser.add_argument("--impl", action="append", default=[], help="only this implementation (repeatable)")
+    parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="only this dtype (repeatable)")
+    parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every check's result here")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only the matrix and failures")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    library = library_from(args)
+    for rule in args.rule:
+        library.get(rule)
+    impls = [implementation(name) for name in args.impl] if args.impl else all_implementations()
+    goldens = load_goldens(library, args.dir or default_golden_dir(), args.rule or None)
+    checks = enumerate_checks(library, goldens, impls, tuple(args.dtype) or DTYPES)
+    if not checks:
+        raise UsageError("nothing to run for this selection")
+    results: list[CheckResult] = []
+    for index, check in enumerate(checks, 1):
+        results.append(run_check(check))
+        if not args.quiet and sys.stderr.isatty():
+            print(f"\r{index}/{len(checks)} checks", end="", file=sys.stderr)
+    if not args.quiet and sys.stderr.isatty():
+        print(file=sys.stderr)
+    table = matrix(results)
+    print_matrix(table, [i.name for i in impls])
+    unavailable = {i.name: i.unavailable() for i in impls if i.unavailable()}
+    for name, reason in unavailable.items():
+        print(f"not run: {name}: {reason}")
+    failures = [r for r in results if r.status == "fails"]
+    for failure in failures:
+        print(f"FAIL {failure.message}")
+    if args.json:
+        write_atomic(args.json, json.dumps([result_json(r) for r in results], indent=1) + "\n")
+    counts = {s: sum(r.status == s for r in results) for s in ("conforms", "deviation", "fails", "skipped")}
+    print(
+        f"{counts['conforms']} conform, {counts['deviation']} known deviations, "
+        f"{counts['fails']} fail, {counts['skipped']} not expressible or not installed"
+    )
+    return 1 if failures else 0
+
+
+def print_matrix(table: dict, implementations: list[str]) -> None:
+    width = max([len(r) for r in table] + [4])
+    columns = [i for i in implementations if any(i in row for row in table.values())]
+    widths = [max(len(c), 15) for c in columns]
+    print("rule".ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for rule in sorted(table):
+        cells = [table[rule][c].status if c in table[rule] else "-" for c in columns]
+        print(rule.ljust(width) + "  " + "  ".join(s.ljust(w) for s, w in zip(cells, widths)))
+    notes = {}
+    for row in table.values():
+        for cell in row.values():
+            notes.update(cell.deviations)
+    if notes:
+        print("\nknown deviations:")
+        for deviation in notes.values():
+            print(f"  [{deviation.id}] {deviation.summary}: {deviation.reason} ({'; '.join(deviation.upstream)})")
+        print()
+
+
+def result_json(result: CheckResult) -> dict:
+    return {
+        "id": result.check_id,
+        "rule": result.rule,
+        "implementation": result.implementation,
+        "test": result.test,
+        "case": result.case,
+        "dtype": result.dtype,
+        "variant": dict(result.variant),
+        "status": result.status,
+        "message": result.message,
+        "comparedVariant": dict(result.compared_variant),
+        "profile": result.profile,
+        "deviations": [d.id for d in result.deviations],
+        "slots": list(result.compared_slots),
+        "errors": [{"step": e.step, "slot": e.slot, "maxAbs": e.max_abs, "budget": e.budget} for e in result.errors],
+    }

@@ -1,0 +1,266 @@
+"""The conformance runner: every rule x implementation x golden case x dtype.
+
+One check runs an implementation on a golden case's inputs and compares parameters and
+every state slot it exposes, at every recorded step, with the golden values under the
+error model's budget (:mod:`optspec.tolerance`). The outcome is one of
+
+* ``conforms`` — within budget for the variant asked for;
+* ``deviation`` — within budget for the variant (or arithmetic) that a known-deviation
+  registry entry says the library deliberately implements;
+* ``fails`` — outside budget, or the implementation raised;
+* ``skipped`` — the framework is missing or the library cannot express the case (reason given).
+
+:func:`matrix` folds the checks into the rule x implementation table that ``optspec run``
+prints and the reports show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from optspec.errors import AdapterError, GoldenError
+from optspec.golden import GoldenFile, GoldenTest, read_golden
+from optspec.impls.base import Deviation, Implementation, Plan, find_precision_deviation, plan_case
+from optspec.reference import Trajectory
+from optspec.spec import Spec, SpecLibrary, variant_label
+
+Status = Literal["conforms", "deviation", "fails", "skipped"]
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Check:
+    spec: Spec
+    implementation: Implementation
+    test: GoldenTest
+    dtype: str
+    golden: GoldenFile
+
+    @property
+    def id(self) -> str:
+        return f"{self.implementation.name}::{self.test.name}::{self.dtype}"
+
+
+@dataclass(frozen=True)
+class StepError:
+    """Worst error of one slot at one step, across tensors, relative to its budget."""
+
+    step: int
+    slot: str
+    max_abs: float
+    budget: float
+
+    @property
+    def ratio(self) -> float:
+        if self.budget > 0:
+            return self.max_abs / self.budget
+        return 0.0 if self.max_abs == 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    ok: bool
+    message: str
+    errors: tuple[StepError, ...]
+    compared_slots: tuple[str, ...]
+
+    @property
+    def worst_ratio(self) -> float:
+        return max((e.ratio for e in self.errors), default=0.0)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check_id: str
+    rule: str
+    implementation: str
+    test: str
+    case: str
+    dtype: str
+    variant: Mapping[str, str]
+    status: Status
+    message: str
+    compared_variant: Mapping[str, str] = field(default_factory=dict)
+    profile: str = ""
+    deviations: tuple[Deviation, ...] = ()
+    errors: tuple[StepError, ...] = ()
+    compared_slots: tuple[str, ...] = ()
+
+
+def compare(
+    expected: GoldenTest, observed: Trajectory, profile: str, context: str, slots: Sequence[str] | None = None
+) -> Comparison:
+    """Compare ``observed`` with the golden test under the ``profile`` budget.
+
+    Every step and slot present in both is compared; the message of the first violation
+    names the step, tensor, slot, errors and budget.
+    """
+    errors: list[StepError] = []
+    first: str | None = None
+    compared: set[str] = set()
+    for step in expected.steps:
+        if step not in observed:
+            return Comparison(False, f"{context}: the implementation recorded no values for step {step}", tuple(errors), ())
+        for slot in slots or expected.slots:
+            worst_abs, worst_budget, worst_ratio = 0.0, 0.0, -1.0
+            for index, want_slots in enumerate(expected.expected[step]):
+                if index >= len(observed[step]) or slot not in observed[step][index]:
+                    continue
+                compared.add(slot)
+                want = want_slots[slot]
+                got = np.asarray(observed[step][index][slot], dtype=np.float64)
+                budget = expected.atol[profile][step][index][slot]
+                shape = tuple(np.shape(expected.inputs.params[index]))
+                if got.shape != want.shape:
+                    message = (
+                        f"{context}: step {step}, tensor {index} {shape}, slot {slot}: "
+                        f"shape {list(got.shape)}, expected {list(want.shape)}"
+                    )
+                    return Comparison(False, message, tuple(errors), tuple(sorted(compared)))
+                finite = np.isfinite(got)
+                diff = np.abs(got - want) if finite.all() else np.full(want.shape, np.inf)
+                max_abs = float(diff.max()) if diff.size else 0.0
+                ratio = max_abs / budget if budget > 0 else (0.0 if max_abs == 0 else np.inf)
+                if ratio > worst_ratio:
+                    worst_abs, worst_budget, worst_ratio = max_abs, budget, ratio
+                if first is None and max_abs > budget:
+                    scale = np.maximum(np.abs(want), np.finfo(np.float64).tiny)
+                    rel = float((diff / scale).max()) if diff.size else 0.0
+                    where = int(np.argmax(diff)) if diff.size else 0
+                    flat_got = got.reshape(-1)[where] if got.size else float("nan")
+                    flat_want = want.reshape(-1)[where] if want.size else float("nan")
+                    what = "non-finite value" if not finite.all() else f"max abs error {max_abs:.3e} > budget {budget:.3e}"
+                    first = (
+                        f"{context}: step {step}, tensor {index} {shape}, slot {slot}: {what} "
+                        f"(max rel error {rel:.3e}; element {where}: got {flat_got!r}, expected {flat_want!r})"
+                    )
+            if worst_ratio >= 0:
+                errors.append(StepError(step, slot, worst_abs, worst_budget))
+    if first is not None:
+        return Comparison(False, first, tuple(errors), tuple(sorted(compared)))
+    return Comparison(True, "", tuple(errors), tuple(sorted(compared)))
+
+
+def load_goldens(library: SpecLibrary, directory: Path, rules: Iterable[str] | None = None) -> dict[str, GoldenFile]:
+    out = {}
+    for name in rules or library.names:
+        spec = library.get(name)
+        out[name] = read_golden(directory / f"{name}.json", spec, f"{directory / (name + '.json')}")
+    return out
+
+
+def enumerate_checks(
+    library: SpecLibrary,
+    goldens: Mapping[str, GoldenFile],
+    implementations: Sequence[Implementation],
+    dtypes: Sequence[str] = DTYPES,
+) -> list[Check]:
+    checks = []
+    for rule, golden in goldens.items():
+        spec = library.get(rule)
+        for impl in implementations:
+            if impl.unavailable() is None and impl.binding(rule) is None:
+                continue
+            for test in golden.tests:
+                for dtype in dtypes:
+                    checks.append(Check(spec, impl, test, dtype, golden))
+    return checks
+
+
+def run_check(check: Check) -> CheckResult:
+    spec, impl, test, dtype = check.spec, check.implementation, check.test, check.dtype
+    base = {
+        "check_id": check.id,
+        "rule": spec.name,
+        "implementation": impl.name,
+        "test": test.name,
+        "case": test.case,
+        "dtype": dtype,
+        "variant": dict(test.variant),
+    }
+    plan: Plan = plan_case(impl, spec, test.variant, test.hyper, dtype)
+    if plan.skip is not None:
+        return CheckResult(**base, status="skipped", message=plan.skip)
+    target = test
+    if dict(plan.compared_variant) != dict(test.variant):
+        found = check.golden.find(test.case, plan.compared_variant)
+        if found is None:
+            return CheckResult(
+                **base,
+                status="skipped",
+                message=(
+                    f"{impl.name} implements {variant_label(plan.compared_variant)} (known deviation), "
+                    "for which there is no golden test with these inputs"
+                ),
+            )
+        target = found
+    context = f"{spec.name} x {impl.name}, case {test.name}, {dtype}"
+    try:
+        observed = impl.run(plan, test.inputs, test.hyper, dtype, test.steps)
+    except AdapterError as exc:
+        return CheckResult(**base, status="fails", message=f"{context}: {exc}", compared_variant=plan.compared_variant)
+    profile = dtype
+    comparison = compare(target, observed, profile, context)
+    deviations = plan.deviations
+    if not comparison.ok:
+        precision = find_precision_deviation(impl.name, dtype)
+        if precision is not None:
+            relaxed = compare(target, observed, str(precision.profile), context)
+            if relaxed.ok:
+                profile, comparison, deviations = str(precision.profile), relaxed, (*deviations, precision)
+    extra = {
+        "compared_variant": plan.compared_variant,
+        "profile": profile,
+        "deviations": deviations,
+        "errors": comparison.errors,
+        "compared_slots": comparison.compared_slots,
+    }
+    if not comparison.ok:
+        return CheckResult(**base, status="fails", message=comparison.message, **extra)
+    if deviations:
+        summary = "; ".join(f"{d.summary} [{d.id}]" for d in deviations)
+        return CheckResult(**base, status="deviation", message=f"known deviation: {summary}", **extra)
+    return CheckResult(**base, status="conforms", message="", **extra)
+
+
+@dataclass
+class Cell:
+    status: str = "not run"
+    counts: dict[str, int] = field(default_factory=dict)
+    deviations: dict[str, Deviation] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    skips: list[str] = field(default_factory=list)
+
+
+def matrix(results: Iterable[CheckResult]) -> dict[str, dict[str, Cell]]:
+    """rule -> implementation -> cell: fails > known deviation > conforms > skipped."""
+    table: dict[str, dict[str, Cell]] = {}
+    for result in results:
+        cell = table.setdefault(result.rule, {}).setdefault(result.implementation, Cell())
+        cell.counts[result.status] = cell.counts.get(result.status, 0) + 1
+        if result.status == "fails":
+            cell.failures.append(result.message)
+        elif result.status == "skipped":
+            cell.skips.append(result.message)
+        for deviation in result.deviations:
+            cell.deviations[deviation.id] = deviation
+    for row in table.values():
+        for cell in row.values():
+            if cell.counts.get("fails"):
+                cell.status = "fails"
+            elif cell.counts.get("deviation"):
+                cell.status = "known deviation"
+            elif cell.counts.get("conforms"):
+                cell.status = "conforms"
+            else:
+                cell.status = "skipped"
+    return table
+
+
+def golden_dir_error(directory: Path) -> GoldenError:
+    return GoldenError(f"{directory}: no golden vectors here; run `optspec golden` from the repository root")

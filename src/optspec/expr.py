@@ -1,0 +1,316 @@
+"""The restricted expression language of optspec specs.
+
+A spec's step is a list of equations ``[label:] target = expression``. Expressions use
+numbers, names, ``+ - * / **``, unary minus and plus, the comparisons
+``< <= > >= == !=`` and calls of a fixed set of functions:
+
+==============================  =======  ==================================================
+function                        arity    meaning
+==============================  =======  ==================================================
+``where(c, a, b)``              3        elementwise ``a`` where ``c`` holds, else ``b``
+``sqrt abs sign exp log``       1        elementwise
+``min max``                     2        of two per-tensor *scalars*
+``maximum minimum``             2        elementwise
+``norm sum mean max_abs``       1        per-tensor reductions: ``||x||_2``, ``sum x``,
+                                         ``mean x``, ``max |x|``; the result is a scalar
+==============================  =======  ==================================================
+
+``**`` binds tighter than unary minus and is right-associative, as in Python and in the
+papers (``-a**2 == -(a**2)``). Comparisons do not chain.
+
+This module only parses: it turns text into an AST and never evaluates anything, and it
+never uses Python's ``eval``. Any input either parses or raises :class:`ExprError` with a
+1-based column; no other exception escapes (a property-based test feeds it random text).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from optspec.errors import ExprError
+
+#: Elementwise functions of one argument.
+UNARY_FUNCTIONS = frozenset({"sqrt", "abs", "sign", "exp", "log"})
+#: Per-tensor reductions: tensor in, scalar out.
+REDUCTIONS = frozenset({"norm", "sum", "mean", "max_abs"})
+#: Functions of two per-tensor scalars.
+SCALAR_BINARY_FUNCTIONS = frozenset({"min", "max"})
+#: Elementwise functions of two arguments.
+ELEMENTWISE_BINARY_FUNCTIONS = frozenset({"maximum", "minimum"})
+
+FUNCTION_ARITY: dict[str, int] = {
+    "where": 3,
+    **{name: 1 for name in UNARY_FUNCTIONS | REDUCTIONS},
+    **{name: 2 for name in SCALAR_BINARY_FUNCTIONS | ELEMENTWISE_BINARY_FUNCTIONS},
+}
+
+COMPARISONS = ("<=", ">=", "==", "!=", "<", ">")
+
+
+@dataclass(frozen=True)
+class Num:
+    value: float
+    column: int
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    column: int
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # "-" or "+"
+    operand: Expr
+    column: int
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # + - * / ** and the comparisons
+    left: Expr
+    right: Expr
+    column: int
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    args: tuple[Expr, ...]
+    column: int
+
+
+Expr = Num | Name | Unary | Binary | Call
+
+
+@dataclass(frozen=True)
+class Equation:
+    """``label: target = expr``; ``label`` is optional and only used by variant edits."""
+
+    label: str | None
+    target: str
+    expr: Expr
+    text: str
+    #: column (1-based, in ``text``) where the expression starts
+    expr_column: int
+
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
+  | (?P<op>\*\*|<=|>=|==|!=|[-+*/()<>,])
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # num, name, op, end
+    text: str
+    column: int
+
+
+def _tokenize(text: str, offset: int = 0) -> list[_Tok]:
+    tokens: list[_Tok] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise ExprError(f"unexpected character {text[pos]!r}", offset + pos + 1)
+        kind = match.lastgroup or ""
+        if kind != "ws":
+            tokens.append(_Tok(kind, match.group(), offset + pos + 1))
+        pos = match.end()
+    tokens.append(_Tok("end", "", offset + len(text) + 1))
+    return tokens
+
+
+class _Parser:
+    """Recursive descent over the token list; one method per precedence level."""
+
+    #: deeper nesting than this is reported, not left to Python's recursion limit
+    MAX_DEPTH = 100
+
+    def __init__(self, tokens: list[_Tok]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.depth = 0
+
+    def nest(self, column: int) -> None:
+        self.depth += 1
+        if self.depth > self.MAX_DEPTH:
+            raise ExprError(f"expression nested more than {self.MAX_DEPTH} levels deep", column)
+
+    @property
+    def tok(self) -> _Tok:
+        return self.tokens[self.pos]
+
+    def advance(self) -> _Tok:
+        tok = self.tokens[self.pos]
+        if tok.kind != "end":
+            self.pos += 1
+        return tok
+
+    def expect(self, text: str) -> _Tok:
+        if self.tok.text != text or self.tok.kind != "op":
+            found = "end of expression" if self.tok.kind == "end" else repr(self.tok.text)
+            raise ExprError(f"expected {text!r}, found {found}", self.tok.column)
+        return self.advance()
+
+    def parse(self) -> Expr:
+        expr = self.comparison()
+        if self.tok.kind != "end":
+            raise ExprError(f"unexpected {self.tok.text!r} after a complete expression", self.tok.column)
+        return expr
+
+    def comparison(self) -> Expr:
+        left = self.additive()
+        if self.tok.kind == "op" and self.tok.text in COMPARISONS:
+            op = self.advance()
+            right = self.additive()
+            if self.tok.kind == "op" and self.tok.text in COMPARISONS:
+                raise ExprError("comparisons do not chain; use where() or parentheses", self.tok.column)
+            return Binary(op.text, left, right, op.column)
+        return left
+
+    def additive(self) -> Expr:
+        left = self.term()
+        while self.tok.kind == "op" and self.tok.text in ("+", "-"):
+            op = self.advance()
+            left = Binary(op.text, left, self.term(), op.column)
+        return left
+
+    def term(self) -> Expr:
+        left = self.unary()
+        while self.tok.kind == "op" and self.tok.text in ("*", "/"):
+            op = self.advance()
+            left = Binary(op.text, left, self.unary(), op.column)
+        return left
+
+    def unary(self) -> Expr:
+        if self.tok.kind == "op" and self.tok.text in ("-", "+"):
+            op = self.advance()
+            self.nest(op.column)
+            operand = self.unary()
+            self.depth -= 1
+            return Unary(op.text, operand, op.column)
+        return self.power()
+
+    def power(self) -> Expr:
+        base = self.atom()
+        if self.tok.kind == "op" and self.tok.text == "**":
+            op = self.advance()
+            self.nest(op.column)
+            exponent = self.unary()
+            self.depth -= 1
+            return Binary("**", base, exponent, op.column)
+        return base
+
+    def atom(self) -> Expr:
+        tok = self.tok
+        if tok.kind == "num":
+            self.advance()
+            value = float(tok.text)
+            if not math.isfinite(value):
+                raise ExprError(f"number {tok.text} is not finite", tok.column)
+            return Num(value, tok.column)
+        if tok.kind == "name":
+            self.advance()
+            if self.tok.kind == "op" and self.tok.text == "(":
+                return self.call(tok)
+            if tok.text in FUNCTION_ARITY:
+                raise ExprError(f"function {tok.text!r} must be called with arguments", tok.column)
+            return Name(tok.text, tok.column)
+        if tok.kind == "op" and tok.text == "(":
+            self.advance()
+            self.nest(tok.column)
+            inner = self.comparison()
+            self.expect(")")
+            self.depth -= 1
+            return inner
+        found = "end of expression" if tok.kind == "end" else repr(tok.text)
+        raise ExprError(f"expected a number, a name or '(', found {found}", tok.column)
+
+    def call(self, name: _Tok) -> Expr:
+        if name.text not in FUNCTION_ARITY:
+            known = ", ".join(sorted(FUNCTION_ARITY))
+            raise ExprError(f"unknown function {name.text!r} (known: {known})", name.column)
+        self.expect("(")
+        self.nest(name.column)
+        args: list[Expr] = []
+        if not (self.tok.kind == "op" and self.tok.text == ")"):
+            args.append(self.comparison())
+            while self.tok.kind == "op" and self.tok.text == ",":
+                self.advance()
+                args.append(self.comparison())
+        self.expect(")")
+        self.depth -= 1
+        arity = FUNCTION_ARITY[name.text]
+        if len(args) != arity:
+            raise ExprError(
+                f"{name.text}() takes {arity} argument{'s' if arity != 1 else ''}, got {len(args)}",
+                name.column,
+            )
+        return Call(name.text, tuple(args), name.column)
+
+
+def parse_expr(text: str, offset: int = 0) -> Expr:
+    """Parse one expression; columns are reported as ``offset + position + 1``."""
+    if not isinstance(text, str):
+        raise ExprError(f"an expression must be a string, not {type(text).__name__}", 1)
+    return _Parser(_tokenize(text, offset)).parse()
+
+
+_EQUATION = re.compile(r"^\s*(?:(?P<label>[A-Za-z_][A-Za-z_0-9]*)\s*:)?\s*(?P<target>[A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)")
+
+
+def parse_equation(text: str) -> Equation:
+    """Parse ``[label:] target = expression``."""
+    if not isinstance(text, str):
+        raise ExprError(f"an equation must be a string, not {type(text).__name__}", 1)
+    match = _EQUATION.match(text)
+    if match is None:
+        raise ExprError("an equation has the form '[label:] name = expression'", 1)
+    if match.group("target") in FUNCTION_ARITY:
+        raise ExprError(f"cannot assign to the function name {match.group('target')!r}", match.start("target") + 1)
+    expr = parse_expr(text[match.end() :], offset=match.end())
+    return Equation(match.group("label"), match.group("target"), expr, text, match.end() + 1)
+
+
+def names_in(expr: Expr) -> list[Name]:
+    """Every name an expression reads, in source order."""
+    out: list[Name] = []
+
+    def visit(node: Expr) -> None:
+        if isinstance(node, Name):
+            out.append(node)
+        elif isinstance(node, Unary):
+            visit(node.operand)
+        elif isinstance(node, Binary):
+            visit(node.left)
+            visit(node.right)
+        elif isinstance(node, Call):
+            for arg in node.args:
+                visit(arg)
+
+    visit(expr)
+    return out
+
+
+def to_source(expr: Expr) -> str:
+    """Render an AST back to fully parenthesised text (used by code generators and messages)."""
+    if isinstance(expr, Num):
+        return repr(expr.value)
+    if isinstance(expr, Name):
+        return expr.id
+    if isinstance(expr, Unary):
+        return f"({expr.op}{to_source(expr.operand)})"
+    if isinstance(expr, Binary):
+        return f"({to_source(expr.left)} {expr.op} {to_source(expr.right)})"
+    return f"{expr.func}({', '.join(to_source(a) for a in expr.args)})"

@@ -1,0 +1,445 @@
+"""Golden vectors: generate them from the specs, write them, read and verify them.
+
+One JSON file per rule, ``conformance/golden/<rule>.json``, laid out like Wycheproof's
+test vectors: a header (format, generator, spec hash, error model, flag notes), shared
+input sets, and test groups that share a variant, hyperparameters and shapes. Arrays are
+stored bit-exactly as base64 of little-endian IEEE-754 binary64. The format is documented
+for consumers in any language in ``conformance/README.md`` and checked by
+``conformance/golden/golden.schema.json``.
+
+A ``contentSha256`` over the canonical JSON of everything else detects hand edits and
+corruption; :func:`read_golden` refuses such a file with a one-line error.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+from optspec import __version__
+from optspec.cases import SHAPES, make_inputs, recorded_steps
+from optspec.errors import GoldenError
+from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, CaseInputs, Trajectory, run_reference
+from optspec.spec import Spec, variant_label
+from optspec.tolerance import FLOOR_ULPS, PROFILES, K, budgets
+
+FORMAT = "optspec-golden/1"
+
+FLAG_NOTES = {
+    "Defaults": "The spec's default hyperparameters.",
+    "ZeroGradient": "Every gradient is exactly zero: state must stay consistent and nothing may become NaN.",
+    "KnobsMatter": "Hyperparameters chosen so that every variant knob of the rule changes the trajectory.",
+    "Scheduled": "The learning rate follows a schedule (lrMultipliers), so lr-scaled and unscaled terms part.",
+    "NearEpsilon": "Tensor 1 has gradients of magnitude about 3*eps, where epsilon placement matters.",
+    "FallingNorm": "Tensor 2's gradients shrink 20-fold after the first fifth of the steps (AMSGrad maxima part).",
+    "NonDefaultVariant": "At least one knob has a value other than its default; see the group's variant.",
+}
+
+
+@dataclass(frozen=True)
+class GoldenTest:
+    tc_id: int
+    name: str
+    case: str
+    comment: str
+    flags: tuple[str, ...]
+    variant: Mapping[str, str]
+    hyper: Mapping[str, float]
+    inputs_id: str
+    inputs: CaseInputs
+    lr_multiplier: str | None
+    #: expected[step][tensor][slot]
+    expected: Trajectory
+    #: atol[profile][step][tensor][slot]
+    atol: Mapping[str, Mapping[int, list[dict[str, float]]]]
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return tuple(sorted(self.expected))
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        return tuple(self.expected[self.steps[0]][0])
+
+
+@dataclass(frozen=True)
+class GoldenFile:
+    rule: str
+    spec_sha256: str
+    tests: tuple[GoldenTest, ...]
+    path: str
+
+    def test(self, name: str) -> GoldenTest:
+        for test in self.tests:
+            if test.name == name:
+                return test
+        raise GoldenError(f"{self.path}: no test named {name!r}")
+
+    def find(self, case: str, variant: Mapping[str, str]) -> GoldenTest | None:
+        for test in self.tests:
+            if test.case == case and dict(test.variant) == dict(variant):
+                return test
+        return None
+
+
+def test_name(spec: Spec, variant: Mapping[str, str], case: str) -> str:
+    changed = {k: v for k, v in variant.items() if spec.knobs[k].default != v}
+    return f"{spec.name}/{variant_label(changed) if changed else 'default'}/{case}"
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generate(spec: Spec) -> GoldenFile:
+    """Evaluate every golden combo x case of a spec in float64 (and float32 for budgets)."""
+    tests: list[GoldenTest] = []
+    inputs = {case.id: make_inputs(spec, case) for case in spec.cases}
+    for variant in spec.golden_combos():
+        rule = spec.resolve(variant)
+        non_default = any(spec.knobs[k].default != v for k, v in variant.items())
+        for case in spec.cases:
+            hyper = spec.hyper_values(case.hyper)
+            record = recorded_steps(case.steps)
+            every = range(1, case.steps + 1)
+            case_inputs = inputs[case.id]
+            ref64 = run_reference(rule, hyper, case_inputs, FLOAT64, every)
+            ref32 = run_reference(rule, hyper, case_inputs, FLOAT32, every)
+            ref32s = run_reference(rule, hyper, case_inputs, FLOAT32_SCALAR32, every)
+            name = test_name(spec, variant, case.id)
+            _check_finite(spec, name, ref64, "the float64 reference")
+            atol = budgets(ref64, ref32, ref32s, record)
+            ref64 = {step: ref64[step] for step in record}
+            for profile, per_step in atol.items():
+                for step, tensors in per_step.items():
+                    for index, slots in enumerate(tensors):
+                        for slot, value in slots.items():
+                            if not np.isfinite(value):
+                                raise GoldenError(
+                                    f"{spec.path}: case {name}: the {profile} evaluation overflows at step {step}, "
+                                    f"tensor {index}, slot {slot}; choose hyperparameters that keep float32 finite"
+                                )
+            flags = list(case.flags)
+            if case.grads == "standard":
+                flags += ["NearEpsilon", "FallingNorm"]
+            if case.lr_multiplier is not None and "Scheduled" not in flags:
+                flags.append("Scheduled")
+            if non_default:
+                flags.append("NonDefaultVariant")
+            tests.append(
+                GoldenTest(
+                    tc_id=len(tests) + 1,
+                    name=name,
+                    case=case.id,
+                    comment=case.comment,
+                    flags=tuple(flags),
+                    variant=dict(variant),
+                    hyper=hyper,
+                    inputs_id=case.id,
+                    inputs=case_inputs,
+                    lr_multiplier=case.lr_multiplier_text,
+                    expected=ref64,
+                    atol=atol,
+                )
+            )
+    return GoldenFile(spec.name, spec.sha256, tuple(tests), f"conformance/golden/{spec.name}.json")
+
+
+def _check_finite(spec: Spec, name: str, trajectory: Trajectory, what: str) -> None:
+    for step, tensors in trajectory.items():
+        for index, slots in enumerate(tensors):
+            for slot, value in slots.items():
+                if not np.all(np.isfinite(value)):
+                    raise GoldenError(
+                        f"{spec.path}: case {name}: {what} is not finite at step {step}, tensor {index}, slot {slot}"
+                    )
+
+
+# --------------------------------------------------------------------------- JSON encoding
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    data = np.ascontiguousarray(array, dtype="<f8").tobytes()
+    return {"shape": list(np.shape(array)), "data": base64.b64encode(data).decode("ascii")}
+
+
+def decode_array(obj: Mapping[str, Any], where: str) -> np.ndarray:
+    shape = tuple(obj["shape"])
+    try:
+        raw = base64.b64decode(obj["data"], validate=True)
+    except (ValueError, TypeError) as exc:
+        raise GoldenError(f"{where}: array data is not valid base64 ({exc})") from None
+    count = int(np.prod(shape)) if shape else 1
+    if len(raw) != 8 * count:
+        raise GoldenError(f"{where}: array of shape {list(shape)} needs {8 * count} bytes, found {len(raw)}")
+    return np.frombuffer(raw, dtype="<f8").reshape(shape).astype(np.float64)
+
+
+def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for test in golden.tests:
+        if test.inputs_id not in inputs:
+            inputs[test.inputs_id] = {
+                "shapes": [list(s) for s in SHAPES],
+                "steps": test.inputs.steps,
+                "params": [encode_array(p) for p in test.inputs.params],
+                "grads": [encode_array(g) for g in test.inputs.grads],
+                "lrMultipliers": encode_array(test.inputs.lr_multipliers),
+            }
+        key = json.dumps([test.variant, test.hyper, test.lr_multiplier], sort_keys=True)
+        group = groups.setdefault(
+            key,
+            {
+                "variant": dict(test.variant),
+                "hyper": dict(test.hyper),
+                "shapes": [list(s) for s in SHAPES],
+                "lrMultiplier": test.lr_multiplier,
+                "slots": list(test.slots),
+                "tests": [],
+            },
+        )
+        group["tests"].append(
+            {
+                "tcId": test.tc_id,
+                "name": test.name,
+                "case": test.case,
+                "comment": test.comment,
+                "flags": list(test.flags),
+                "inputs": test.inputs_id,
+                "expected": [
+                    {
+                        "step": step,
+                        "values": {slot: [encode_array(t[slot]) for t in test.expected[step]] for slot in test.slots},
+                        "atol": {
+                            profile: {slot: [t[slot] for t in test.atol[profile][step]] for slot in test.slots}
+                            for profile in PROFILES
+                        },
+                    }
+                    for step in test.steps
+                ],
+            }
+        )
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "generator": {"name": "optspec", "version": __version__},
+        "rule": spec.name,
+        "title": spec.title,
+        "spec": {"path": spec.path, "sha256": spec.sha256},
+        "errorModel": {
+            "K": K,
+            "floorUlps": FLOOR_ULPS,
+            "profiles": list(PROFILES),
+            "doc": "conformance/README.md#error-model",
+        },
+        "notes": FLAG_NOTES,
+        "numberOfTests": len(golden.tests),
+        "recordedSteps": sorted({s for t in golden.tests for s in t.steps}),
+        "inputs": inputs,
+        "testGroups": list(groups.values()),
+    }
+    doc["contentSha256"] = content_hash(doc)
+    return doc
+
+
+def content_hash(doc: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "contentSha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def dumps(doc: Mapping[str, Any]) -> str:
+    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same directory and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@cache
+def golden_schema() -> dict[str, Any]:
+    return json.loads(resources.files("optspec.vectors").joinpath("golden.schema.json").read_text())
+
+
+def read_golden(path: str | Path, spec: Spec | None = None, shown: str | None = None) -> GoldenFile:
+    """Load and verify a golden file; every problem is a one-line :class:`GoldenError`."""
+    path = Path(path)
+    shown = shown or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GoldenError(f"{shown}: golden file is missing; run `optspec golden` to generate it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GoldenError(f"{shown}: cannot read golden file ({exc})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GoldenError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return parse_document(doc, shown, spec)
+
+
+def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile:
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(golden_schema()).iter_errors(doc))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise GoldenError(f"{shown}: does not match golden.schema.json at {where}: {error.message}")
+    if doc["contentSha256"] != content_hash(doc):
+        raise GoldenError(
+            f"{shown}: content hash mismatch: the file was edited by hand or corrupted; regenerate it with `optspec golden`"
+        )
+    if spec is not None and doc["spec"]["sha256"] != spec.sha256:
+        raise GoldenError(
+            f"{shown}: generated from another version of {spec.path} (spec hash differs); regenerate it with `optspec golden`"
+        )
+    inputs: dict[str, CaseInputs] = {}
+    for input_id, item in doc["inputs"].items():
+        where = f"{shown}: inputs {input_id!r}"
+        params = tuple(decode_array(a, f"{where} params[{i}]") for i, a in enumerate(item["params"]))
+        grads = tuple(decode_array(a, f"{where} grads[{i}]") for i, a in enumerate(item["grads"]))
+        lr = decode_array(item["lrMultipliers"], f"{where} lrMultipliers")
+        steps = int(item["steps"])
+        if lr.shape != (steps,) or any(g.shape[0] != steps for g in grads) or len(params) != len(grads):
+            raise GoldenError(f"{where}: shapes of params, grads and lrMultipliers disagree with steps={steps}")
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g.shape[1:] != p.shape:
+                raise GoldenError(f"{where}: grads[{i}] has shape {list(g.shape)}, params[{i}] has {list(p.shape)}")
+        inputs[input_id] = CaseInputs(params, grads, lr)
+    tests: list[GoldenTest] = []
+    for group in doc["testGroups"]:
+        for item in group["tests"]:
+            where = f"{shown}: test {item['name']!r}"
+            if item["inputs"] not in inputs:
+                raise GoldenError(f"{where}: refers to unknown inputs {item['inputs']!r}")
+            case_inputs = inputs[item["inputs"]]
+            expected: Trajectory = {}
+            atol: dict[str, dict[int, list[dict[str, float]]]] = {p: {} for p in PROFILES}
+            for record in item["expected"]:
+                step = int(record["step"])
+                values = record["values"]
+                count = len(case_inputs.params)
+                expected[step] = [
+                    {slot: decode_array(values[slot][i], f"{where} step {step} {slot}[{i}]") for slot in group["slots"]}
+                    for i in range(count)
+                ]
+                for i, p in enumerate(case_inputs.params):
+                    for slot in group["slots"]:
+                        shape = expected[step][i][slot].shape
+                        if shape not in (p.shape, ()):
+                            raise GoldenError(
+                                f"{where} step {step} {slot}[{i}]: shape {list(shape)} does not fit tensor shape {list(p.shape)}"
+                            )
+                for profile in PROFILES:
+                    atol[profile][step] = [
+                        {slot: float(record["atol"][profile][slot][i]) for slot in group["slots"]} for i in range(count)
+                    ]
+            tests.append(
+                GoldenTest(
+                    tc_id=int(item["tcId"]),
+                    name=item["name"],
+                    case=item["case"],
+                    comment=item["comment"],
+                    flags=tuple(item["flags"]),
+                    variant=dict(group["variant"]),
+                    hyper={k: float(v) for k, v in group["hyper"].items()},
+                    inputs_id=item["inputs"],
+                    inputs=case_inputs,
+                    lr_multiplier=group["lrMultiplier"],
+                    expected=expected,
+                    atol=atol,
+                )
+            )
+    return GoldenFile(doc["rule"], doc["spec"]["sha256"], tuple(tests), shown)
+
+
+# --------------------------------------------------------------------------- write / check
+
+
+def default_golden_dir() -> Path:
+    """The repository's ``conformance/golden`` when run from a checkout, else the packaged copy."""
+    local = Path.cwd() / "conformance" / "golden"
+    if local.is_dir():
+        return local
+    return Path(str(resources.files("optspec.vectors")))
+
+
+def write_all(specs: Iterable[Spec], directory: Path) -> list[Path]:
+    written = []
+    for spec in specs:
+        doc = to_document(generate(spec), spec)
+        path = directory / f"{spec.name}.json"
+        write_atomic(path, dumps(doc))
+        written.append(path)
+    return written
+
+
+def check_all(specs: Iterable[Spec], directory: Path) -> list[str]:
+    """Regenerate in memory; return one message per file that differs (empty: all current)."""
+    problems = []
+    for spec in specs:
+        path = directory / f"{spec.name}.json"
+        shown = str(path)
+        fresh = json.loads(dumps(to_document(generate(spec), spec)))
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(f"{shown}: missing; run `optspec golden`")
+            continue
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"{shown}: unreadable ({exc})")
+            continue
+        if stored != fresh:
+            problems.append(f"{shown}: out of date: {_first_difference(stored, fresh)}; run `optspec golden`")
+    return problems
+
+
+def _first_difference(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> str:
+    for key in fresh:
+        if key in ("testGroups", "contentSha256", "inputs"):
+            continue
+        if stored.get(key) != fresh[key]:
+            return f"header field {key!r} differs"
+    stored_tests = {t["name"]: (g, t) for g in stored.get("testGroups", []) for t in g.get("tests", [])}
+    for group in fresh["testGroups"]:
+        for test in group["tests"]:
+            if test["name"] not in stored_tests:
+                return f"test {test['name']!r} is new"
+            old_group, old_test = stored_tests[test["name"]]
+            if old_test != test or {k: v for k, v in old_group.items() if k != "tests"} != {
+                k: v for k, v in group.items() if k != "tests"
+            }:
+                return f"first differing test is {test['name']!r}"
+    if stored.get("inputs") != fresh["inputs"]:
+        return "the stored inputs differ"
+    fresh_names = {t["name"] for g in fresh["testGroups"] for t in g["tests"]}
+    gone = sorted(set(stored_tests) - fresh_names)
+    if gone:
+        return f"test {gone[0]!r} no longer exists"
+    return "the content hash differs"

@@ -1,0 +1,321 @@
+"""The reference evaluator: runs any resolved spec on numpy arrays, one tensor at a time.
+
+There is no per-rule code here. Equations are compiled once into closures over numpy;
+each step binds ``theta``, ``grad``, ``t``, ``lr`` (eta_t = eta * s_t), ``lr_multiplier``
+(s_t), the hyperparameters and the state slots, and runs the equations in order.
+
+A :class:`Precision` says in which floating-point type tensor arithmetic and per-tensor
+scalar arithmetic (hyperparameters, ``t``, bias corrections, reductions) are done:
+
+* ``float64``: everything in binary64 — the golden values;
+* ``float32``: tensors in binary32, scalars in binary64 and rounded to binary32 where they
+  meet a tensor (what torch.optim's default path and host-side kernel launches do);
+* ``float32_scalar32``: tensors and step-dependent scalars (``t``, ``lr``, bias corrections,
+  reductions) in binary32, while expressions of hyperparameters and literals alone are
+  folded in binary64 and rounded where they meet a step-dependent value. This is JAX's
+  weak typing with its default ``jax_enable_x64=False``, as optax runs: ``1 - b2`` is a
+  Python double, ``1 - b2**count`` is float32 because ``count`` is an int32 array.
+
+The two float32 evaluations exist for the error model (:mod:`optspec.tolerance`): their
+distance from the float64 trajectory measures how much rounding this rule, case and
+variant amplify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optspec.expr import REDUCTIONS, Binary, Call, Expr, Name, Num, Unary
+from optspec.spec import ResolvedRule, StateSlot
+
+Value = Any  # a numpy array (tensor kind) or a numpy scalar (scalar kind)
+Env = dict[str, Value]
+Fn = Callable[[Env], Value]
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    tensor: type[np.floating[Any]]
+    scalar: type[np.floating[Any]]
+
+    @property
+    def unit_roundoff(self) -> float:
+        """u = 2^-p for a p-bit significand: 2^-24 for binary32, 2^-53 for binary64."""
+        return float(np.finfo(self.tensor).eps) / 2
+
+
+FLOAT64 = Precision("float64", np.float64, np.float64)
+FLOAT32 = Precision("float32", np.float32, np.float64)
+FLOAT32_SCALAR32 = Precision("float32_scalar32", np.float32, np.float32)
+PRECISIONS = {p.name: p for p in (FLOAT64, FLOAT32, FLOAT32_SCALAR32)}
+
+
+@dataclass(frozen=True)
+class CaseInputs:
+    """What a run needs: initial parameters, gradients per step, s_t per step.
+
+    ``params[i]`` has the shape of tensor i; ``grads[i]`` has shape ``(steps, *shape)``;
+    ``lr_multipliers`` has shape ``(steps,)`` (all ones for a constant learning rate).
+    """
+
+    params: tuple[np.ndarray, ...]
+    grads: tuple[np.ndarray, ...]
+    lr_multipliers: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return int(self.lr_multipliers.shape[0])
+
+
+#: ``trajectory[step][tensor_index][slot]`` with slot ``"theta"`` for the parameter.
+Trajectory = dict[int, list[dict[str, np.ndarray]]]
+
+
+_ELEMENTWISE: dict[str, Callable[..., Value]] = {
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "sign": np.sign,
+    "exp": np.exp,
+    "log": np.log,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "min": np.minimum,
+    "max": np.maximum,
+}
+_REDUCE: dict[str, Callable[[np.ndarray], Value]] = {
+    "norm": lambda x: np.sqrt(np.sum(np.square(x))),
+    "sum": np.sum,
+    "mean": np.mean,
+    "max_abs": lambda x: np.max(np.abs(x)) if np.size(x) else np.zeros((), dtype=np.asarray(x).dtype)[()],
+}
+_BINARY: dict[str, Callable[[Value, Value], Value]] = {
+    "+": np.add,
+    "-": np.subtract,
+    "*": np.multiply,
+    "/": np.divide,
+    "**": np.power,
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+}
+
+
+#: Value categories inside the compiler: ``const`` (hyperparameters and literals, folded in
+#: float64 as Python and JAX fold them), ``scalar`` (per-tensor scalars that depend on the
+#: step: t, lr, reductions, scalar state) and ``tensor``. When two meet, the lower one is
+#: rounded to the type of the higher one first.
+_RANK = {"const": 0, "scalar": 1, "tensor": 2}
+
+
+class _Compiler:
+    """Turns an AST into a closure that computes in the given precision."""
+
+    def __init__(self, kinds: Mapping[str, str], precision: Precision, constants: frozenset[str] = frozenset()) -> None:
+        self.kinds = {name: ("const" if name in constants else kind) for name, kind in kinds.items()}
+        self.p = precision
+
+    def dtype(self, kind: str) -> type[np.floating[Any]]:
+        return {"const": np.float64, "scalar": self.p.scalar, "tensor": self.p.tensor}[kind]
+
+    def compile(self, expr: Expr) -> tuple[Fn, str]:
+        if isinstance(expr, Num):
+            value = np.float64(expr.value)
+            return (lambda env: value), "const"
+        if isinstance(expr, Name):
+            name = expr.id
+            return (lambda env: env[name]), self.kinds[name]
+        if isinstance(expr, Unary):
+            fn, kind = self.compile(expr.operand)
+            if expr.op == "-":
+                return (lambda env: np.negative(fn(env))), kind
+            return fn, kind
+        if isinstance(expr, Binary):
+            return self._apply(_BINARY[expr.op], [expr.left, expr.right])
+        assert isinstance(expr, Call)
+        if expr.func in REDUCTIONS:
+            arg, kind = self.compile(expr.args[0])
+            reduce = _REDUCE[expr.func]
+            scalar = self.p.scalar
+            as_type = self.dtype(kind)
+            return (lambda env: scalar(reduce(np.asarray(arg(env), dtype=as_type)))), "scalar"
+        if expr.func == "where":
+            return self._where(expr.args)
+        return self._apply(_ELEMENTWISE[expr.func], list(expr.args))
+
+    def _operands(self, args: Sequence[Expr]) -> tuple[list[Fn], str]:
+        compiled = [self.compile(a) for a in args]
+        kind = max((k for _, k in compiled), key=_RANK.__getitem__)
+        target = self.dtype(kind)
+        fns: list[Fn] = []
+        for fn, k in compiled:
+            if k != kind and self.dtype(k) is not target:
+                # Operands of a lower category are rounded to the higher one's type first.
+                fns.append(lambda env, fn=fn: target(fn(env)))
+            else:
+                fns.append(fn)
+        return fns, kind
+
+    def _apply(self, op: Callable[..., Value], args: Sequence[Expr]) -> tuple[Fn, str]:
+        fns, kind = self._operands(args)
+        if len(fns) == 1:
+            (a,) = fns
+            return (lambda env: op(a(env))), kind
+        a, b = fns
+        return (lambda env: op(a(env), b(env))), kind
+
+    def _where(self, args: Sequence[Expr]) -> tuple[Fn, str]:
+        cond, _ = self.compile(args[0])
+        fns, kind = self._operands(args[1:])
+        a, b = fns
+        as_type = self.dtype(kind)
+        if kind != "tensor":
+            return (lambda env: as_type(a(env) if bool(cond(env)) else b(env))), kind
+        return (lambda env: np.where(cond(env), a(env), b(env)).astype(as_type, copy=False)), kind
+
+
+@dataclass
+class CompiledRule:
+    """A resolved rule compiled for one precision."""
+
+    rule: ResolvedRule
+    precision: Precision
+    steps: list[tuple[str, Fn]]
+    inits: list[tuple[str, Fn, str]]
+
+    @classmethod
+    def build(cls, rule: ResolvedRule, precision: Precision) -> CompiledRule:
+        kinds = dict(rule.kinds)
+        constants = frozenset(rule.spec.hyper)
+        compiler = _Compiler(kinds, precision, constants)
+        inits = [(name, *compiler.compile(slot.init)) for name, slot in _init_order(rule.state) if slot.init is not None]
+        # Kinds of locals change along the step; recompile each equation with the kinds
+        # in force at that point.
+        steps: list[tuple[str, Fn]] = []
+        flow: dict[str, str] = {n: k for n, k in kinds.items() if n not in rule.writes or n in rule.state or n == "theta"}
+        for loc in rule.equations:
+            fn, kind = _Compiler(flow, precision, constants).compile(loc.equation.expr)
+            target = loc.equation.target
+            if target not in rule.state and target != "theta":
+                flow[target] = kind
+            steps.append((target, _store(fn, kind, target, rule, precision)))
+        return cls(rule, precision, steps, inits)
+
+    def init_state(self, theta: np.ndarray, hyper: Mapping[str, Value]) -> dict[str, Value]:
+        env: Env = {**hyper, "theta": theta}
+        state: dict[str, Value] = {}
+        with np.errstate(all="ignore"):
+            for name, fn, _kind in self.inits:
+                value = fn(env)
+                slot = self.rule.state[name]
+                value = _as_slot(value, slot, theta.shape, self.precision)
+                env[name] = value
+                state[name] = value
+        return state
+
+    def step(self, env: Env) -> None:
+        with np.errstate(all="ignore"):
+            for target, fn in self.steps:
+                env[target] = fn(env)
+
+
+def _store(fn: Fn, kind: str, target: str, rule: ResolvedRule, precision: Precision) -> Fn:
+    """Wrap an equation so that theta and tensor slots keep their shape and type."""
+    tensor = precision.tensor
+    if target == "theta" or (target in rule.state and rule.state[target].kind == "tensor"):
+        if kind != "tensor":
+            return lambda env: np.full(np.shape(env["theta"]), fn(env), dtype=tensor)
+        return lambda env: np.asarray(fn(env), dtype=tensor)
+    if target in rule.state:
+        scalar = precision.scalar
+        return lambda env: scalar(fn(env))
+    return fn
+
+
+def _as_slot(value: Value, slot: StateSlot, shape: tuple[int, ...], precision: Precision) -> Value:
+    if slot.kind == "scalar":
+        return precision.scalar(value)
+    return np.full(shape, value, dtype=precision.tensor) if np.ndim(value) == 0 else np.asarray(value, dtype=precision.tensor)
+
+
+def _init_order(state: Mapping[str, StateSlot]) -> list[tuple[str, StateSlot]]:
+    """Slots ordered so that an initialiser runs after the slots it reads (no cycles: checked)."""
+    from optspec.expr import names_in
+
+    order: list[tuple[str, StateSlot]] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        slot = state[name]
+        if slot.init is not None:
+            for dep in names_in(slot.init):
+                if dep.id in state:
+                    visit(dep.id)
+        order.append((name, slot))
+
+    for name in state:
+        visit(name)
+    return order
+
+
+def evaluate_lr_multipliers(expr: Expr | None, steps: int) -> np.ndarray:
+    """s_t for t = 1..steps, in float64; all ones when the case has no schedule."""
+    if expr is None:
+        return np.ones(steps, dtype=np.float64)
+    fn, _ = _Compiler({"t": "scalar"}, FLOAT64).compile(expr)
+    with np.errstate(all="ignore"):
+        return np.array([float(fn({"t": np.float64(t)})) for t in range(1, steps + 1)], dtype=np.float64)
+
+
+def run_reference(
+    rule: ResolvedRule,
+    hyper: Mapping[str, float],
+    inputs: CaseInputs,
+    precision: Precision = FLOAT64,
+    record: Sequence[int] = (),
+) -> Trajectory:
+    """Run ``inputs.steps`` steps and return parameters and state at the ``record`` steps.
+
+    Values are returned as float64 arrays whatever the precision of the arithmetic.
+    """
+    compiled = CompiledRule.build(rule, precision)
+    scalar, tensor = precision.scalar, precision.tensor
+    # Hyperparameters are constants: float64, rounded where they meet step-dependent values.
+    hyper_values = {name: np.float64(value) for name, value in hyper.items()}
+    wanted = set(record)
+    trajectory: Trajectory = {step: [] for step in sorted(wanted)}
+    base_lr = scalar(hyper["lr"])
+    for index, (param, grads) in enumerate(zip(inputs.params, inputs.grads)):
+        theta = np.asarray(param, dtype=tensor).copy()
+        state = compiled.init_state(theta, hyper_values)
+        for t in range(1, inputs.steps + 1):
+            multiplier = scalar(inputs.lr_multipliers[t - 1])
+            env: Env = {
+                **hyper_values,
+                **state,
+                "theta": theta,
+                "grad": np.asarray(grads[t - 1], dtype=tensor),
+                "t": scalar(t),
+                "lr": scalar(base_lr * multiplier),
+                "lr_multiplier": multiplier,
+            }
+            compiled.step(env)
+            theta = env["theta"]
+            state = {name: env[name] for name in rule.state}
+            if t in wanted:
+                snapshot = {"theta": np.array(theta, dtype=np.float64)}
+                for name, value in state.items():
+                    snapshot[name] = np.array(value, dtype=np.float64)
+                trajectory[t].append(snapshot)
+        del index
+    return trajectory

@@ -1,0 +1,673 @@
+"""Update-rule specs: load a TOML file, check it, and resolve a variant into equations.
+
+A spec (``specs/<rule>.toml``) declares hyperparameters with defaults and domains, state
+slots with their initialisation, the step as ordered equations, named variants (knobs
+whose values replace equations or insert new ones around a labelled equation) and the
+golden cases. The format is documented in ``specs/README.md`` and checked structurally by
+``specs/spec.schema.json``; this module adds the semantic checks and reports every
+problem as a :class:`~optspec.errors.SpecError` that names the file, the rule, the
+equation and the column.
+
+Names available to every equation:
+
+* ``theta`` — the parameter (read and written), ``grad`` — its gradient g_t (read only);
+* every hyperparameter (read only), except that ``lr`` denotes the learning rate in
+  effect at step t, eta_t = eta * s_t, where eta is the hyperparameter ``lr``;
+* ``t`` — the 1-based step count, ``lr_multiplier`` — the schedule multiplier s_t;
+* the state slots (read the value left by the previous step, write the new one);
+* locals, which live for one step and must be written before they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import jsonschema
+
+from optspec.errors import ExprError, SpecError
+from optspec.expr import (
+    REDUCTIONS,
+    SCALAR_BINARY_FUNCTIONS,
+    Binary,
+    Call,
+    Equation,
+    Expr,
+    Name,
+    Num,
+    Unary,
+    names_in,
+    parse_equation,
+    parse_expr,
+)
+
+Kind = Literal["tensor", "scalar"]
+
+#: Names bound by the engine at every step, and their kinds.
+BUILTIN_NAMES: dict[str, Kind] = {
+    "theta": "tensor",
+    "grad": "tensor",
+    "t": "scalar",
+    "lr": "scalar",
+    "lr_multiplier": "scalar",
+}
+READ_ONLY_BUILTINS = frozenset({"grad", "t", "lr", "lr_multiplier"})
+
+#: Cases every rule gets without declaring them.
+STANDARD_CASES: tuple[dict[str, object], ...] = (
+    {
+        "id": "defaults",
+        "comment": "The spec's default hyperparameters on the standard gradient stream.",
+        "flags": ["Defaults"],
+    },
+    {
+        "id": "zero_grad",
+        "comment": "Default hyperparameters with every gradient exactly zero.",
+        "flags": ["ZeroGradient"],
+        "grads": "zero",
+    },
+)
+DEFAULT_STEPS = 100
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A real interval such as ``[0, 1)``; ``integer`` restricts it to whole numbers."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+    integer: bool = False
+
+    @classmethod
+    def parse(cls, text: str, integer: bool = False) -> Domain:
+        text = text.strip()
+        low_text, high_text = (part.strip() for part in text[1:-1].split(","))
+        return cls(float(low_text), float(high_text), text[0] == "[", text[-1] == "]", integer)
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.integer and value != int(value):
+            return False
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        def bound(x: float) -> str:
+            return "inf" if x == math.inf else "-inf" if x == -math.inf else repr(x)
+
+        text = f"{'[' if self.low_closed else '('}{bound(self.low)}, {bound(self.high)}{']' if self.high_closed else ')'}"
+        return f"{text} (integers)" if self.integer else text
+
+
+@dataclass(frozen=True)
+class Hyper:
+    name: str
+    default: float
+    domain: Domain
+    doc: str
+
+
+@dataclass(frozen=True)
+class StateSlot:
+    """A piece of optimizer state; ``init`` is None when the step writes it before reading."""
+
+    name: str
+    init: Expr | None
+    init_text: str | None
+    kind: Kind
+    doc: str
+
+
+@dataclass(frozen=True)
+class Located:
+    """An equation together with where it came from, for error messages."""
+
+    equation: Equation
+    where: str
+
+
+@dataclass(frozen=True)
+class VariantValue:
+    name: str
+    doc: str
+    replace: Mapping[str, tuple[Located, ...]]
+    before: Mapping[str, tuple[Located, ...]]
+    after: Mapping[str, tuple[Located, ...]]
+    state: Mapping[str, StateSlot]
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    doc: str
+    default: str
+    values: Mapping[str, VariantValue]
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """A golden scenario: hyperparameters, gradient stream and learning-rate multiplier."""
+
+    id: str
+    comment: str
+    flags: tuple[str, ...]
+    hyper: Mapping[str, float]
+    grads: str
+    lr_multiplier: Expr | None
+    lr_multiplier_text: str | None
+    steps: int
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One update rule as declared in its TOML file."""
+
+    name: str
+    title: str
+    doc: str
+    references: tuple[Mapping[str, object], ...]
+    hyper: Mapping[str, Hyper]
+    state: Mapping[str, StateSlot]
+    step: tuple[Located, ...]
+    knobs: Mapping[str, Knob]
+    cases: tuple[CaseSpec, ...]
+    extra_combos: tuple[Mapping[str, str], ...]
+    path: str
+    sha256: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}: rule {self.name!r}"
+
+    def default_variant(self) -> dict[str, str]:
+        return {knob.name: knob.default for knob in self.knobs.values()}
+
+    def full_variant(self, partial: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The default variant with ``partial`` applied; unknown knobs or values are errors."""
+        variant = self.default_variant()
+        for knob_name, value in (partial or {}).items():
+            if knob_name not in self.knobs:
+                known = ", ".join(self.knobs) or "none"
+                raise SpecError(self.where, f"unknown variant knob {knob_name!r} (knobs: {known})")
+            knob = self.knobs[knob_name]
+            if value not in knob.values:
+                raise SpecError(
+                    self.where,
+                    f"knob {knob_name!r} has no value {value!r} (values: {', '.join(knob.values)})",
+                )
+            variant[knob_name] = value
+        return variant
+
+    def all_combos(self) -> list[dict[str, str]]:
+        """Every combination of knob values (the product over knobs)."""
+        names = list(self.knobs)
+        return [dict(zip(names, values)) for values in itertools.product(*(self.knobs[n].values for n in names))]
+
+    def golden_combos(self) -> list[dict[str, str]]:
+        """The default variant, each knob value with the others at default, and extras."""
+        combos = [self.default_variant()]
+        for knob in self.knobs.values():
+            for value in knob.values:
+                if value != knob.default:
+                    combos.append(self.full_variant({knob.name: value}))
+        for extra in self.extra_combos:
+            full = self.full_variant(extra)
+            if full not in combos:
+                combos.append(full)
+        return combos
+
+    def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedRule:
+        """Apply the variant's edits to the step and check the result."""
+        full = self.full_variant(variant)
+        return ResolvedRule(self, full, *_apply_variant(self, full))
+
+    def hyper_values(self, overrides: Mapping[str, float] | None = None, where: str | None = None) -> dict[str, float]:
+        """Defaults with ``overrides``; unknown names and values outside the domain are errors."""
+        values = {name: h.default for name, h in self.hyper.items()}
+        for name, value in (overrides or {}).items():
+            if name not in self.hyper:
+                raise SpecError(where or self.where, f"unknown hyperparameter {name!r} (known: {', '.join(self.hyper)})")
+            domain = self.hyper[name].domain
+            if not domain.contains(float(value)):
+                raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is outside its domain {domain}")
+            values[name] = float(value)
+        return values
+
+    def case(self, case_id: str) -> CaseSpec:
+        for case in self.cases:
+            if case.id == case_id:
+                return case
+        raise SpecError(self.where, f"no case {case_id!r} (cases: {', '.join(c.id for c in self.cases)})")
+
+
+@dataclass(frozen=True)
+class ResolvedRule:
+    """A spec with one value chosen for every knob: an ordered list of checked equations."""
+
+    spec: Spec
+    variant: Mapping[str, str]
+    equations: tuple[Located, ...]
+    state: Mapping[str, StateSlot]
+    kinds: Mapping[str, Kind] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @cached_property
+    def variant_label(self) -> str:
+        return variant_label(self.variant)
+
+    @cached_property
+    def reads(self) -> frozenset[str]:
+        """Every name read by the step or by a state initialiser."""
+        names = {n.id for loc in self.equations for n in names_in(loc.equation.expr)}
+        names |= {n.id for slot in self.state.values() if slot.init is not None for n in names_in(slot.init)}
+        return frozenset(names)
+
+    @cached_property
+    def writes(self) -> frozenset[str]:
+        return frozenset(loc.equation.target for loc in self.equations)
+
+
+def variant_label(variant: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in variant.items()) or "(no knobs)"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _schema() -> dict[str, object]:
+    return json.loads(resources.files("optspec.specs").joinpath("spec.schema.json").read_text())
+
+
+def spec_hash(table: Mapping[str, object]) -> str:
+    """sha256 of the canonical JSON of the parsed TOML: comments and layout do not count."""
+    canonical = json.dumps(table, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_spec(path: str | Path, display: str | None = None) -> Spec:
+    """Read, validate and check one spec file; ``display`` is the path shown in errors."""
+    path = Path(path)
+    shown = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(shown, f"cannot read the spec: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(shown, f"the spec is not UTF-8 text: {exc.reason}") from None
+    return parse_spec(text, shown)
+
+
+def parse_spec(text: str, shown: str) -> Spec:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(shown, f"not valid TOML: {exc}") from None
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(table))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise SpecError(shown, f"field {where}: {error.message}")
+    name = str(table["name"])
+    stem = Path(shown).stem
+    if stem != name and not shown.startswith("<"):
+        raise SpecError(shown, f"the rule is named {name!r} but the file is {Path(shown).name!r}; they must agree")
+    rule_where = f"{shown}: rule {name!r}"
+
+    hypers: dict[str, Hyper] = {}
+    for hname, h in table["hyper"].items():
+        _check_identifier(hname, f"{rule_where}, hyperparameter {hname!r}")
+        if hname in BUILTIN_NAMES and hname != "lr":
+            raise SpecError(rule_where, f"hyperparameter {hname!r} shadows a built-in name")
+        domain = Domain.parse(h["domain"], bool(h.get("integer", False)))
+        if not domain.contains(float(h["default"])):
+            raise SpecError(rule_where, f"hyperparameter {hname!r}: default {h['default']!r} is outside its domain {domain}")
+        hypers[hname] = Hyper(hname, float(h["default"]), domain, h["doc"])
+
+    state = {sname: _slot(sname, s, f"{rule_where}, state {sname!r}") for sname, s in table.get("state", {}).items()}
+    step = tuple(_equation(eq, f"{rule_where}, step equation {i + 1}") for i, eq in enumerate(table["step"]))
+
+    knobs: dict[str, Knob] = {}
+    for kname, k in table.get("variants", {}).items():
+        _check_identifier(kname, f"{rule_where}, variant {kname!r}")
+        values: dict[str, VariantValue] = {}
+        for vname, v in k["values"].items():
+            vwhere = f"{rule_where}, variant {kname}={vname}"
+            _check_identifier(vname, vwhere)
+            edits = {
+                kind: {
+                    label: tuple(_equation(eq, f"{vwhere}, {kind}.{label} equation {i + 1}") for i, eq in enumerate(eqs))
+                    for label, eqs in v.get(kind, {}).items()
+                }
+                for kind in ("replace", "before", "after")
+            }
+            slots = {sname: _slot(sname, s, f"{vwhere}, state {sname!r}") for sname, s in v.get("state", {}).items()}
+            values[vname] = VariantValue(vname, v.get("doc", ""), edits["replace"], edits["before"], edits["after"], slots)
+        if k["default"] not in values:
+            raise SpecError(
+                f"{rule_where}, variant {kname!r}",
+                f"default value {k['default']!r} is not one of its values ({', '.join(values)})",
+            )
+        knobs[kname] = Knob(kname, k.get("doc", ""), k["default"], values)
+
+    spec = Spec(
+        name=name,
+        title=table["title"],
+        doc=table.get("doc", ""),
+        references=tuple(table["references"]),
+        hyper=hypers,
+        state=state,
+        step=step,
+        knobs=knobs,
+        cases=(),
+        extra_combos=tuple(table.get("golden", {}).get("extra_combos", [])),
+        path=shown,
+        sha256=spec_hash(table),
+    )
+    cases = _cases(spec, [*STANDARD_CASES, *table.get("cases", [])])
+    spec = Spec(**{**spec.__dict__, "cases": cases})
+    _check_whole(spec)
+    return spec
+
+
+def _check_identifier(name: str, where: str) -> None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name):
+        raise SpecError(where, f"{name!r} is not a valid name (letters, digits, underscore)")
+
+
+def _equation(text: str, where: str) -> Located:
+    try:
+        return Located(parse_equation(text), f"{where} {text.strip()!r}")
+    except ExprError as exc:
+        raise SpecError(f"{where} {text.strip()!r}", exc.message, exc.column) from None
+
+
+def _slot(name: str, table: Mapping[str, object], where: str) -> StateSlot:
+    _check_identifier(name, where)
+    if name in BUILTIN_NAMES:
+        raise SpecError(where, f"state slot {name!r} shadows a built-in name")
+    init_text = table.get("init")
+    init = None
+    if init_text is not None:
+        try:
+            init = parse_expr(str(init_text))
+        except ExprError as exc:
+            raise SpecError(f"{where} init {init_text!r}", exc.message, exc.column) from None
+    return StateSlot(name, init, None if init_text is None else str(init_text), table.get("kind", "tensor"), str(table["doc"]))
+
+
+def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec, ...]:
+    cases: list[CaseSpec] = []
+    seen: set[str] = set()
+    for table in tables:
+        case_id = str(table["id"])
+        where = f"{spec.where}, case {case_id!r}"
+        if case_id in seen:
+            raise SpecError(where, "duplicate case id (defaults and zero_grad are added to every rule)")
+        seen.add(case_id)
+        hyper = spec.hyper_values(table.get("hyper", {}), where)
+        lr_text = table.get("lr_multiplier")
+        lr_expr = None
+        if lr_text is not None:
+            try:
+                lr_expr = parse_expr(str(lr_text))
+            except ExprError as exc:
+                raise SpecError(f"{where} lr_multiplier {lr_text!r}", exc.message, exc.column) from None
+            for name in names_in(lr_expr):
+                if name.id != "t":
+                    raise SpecError(
+                        f"{where} lr_multiplier {lr_text!r}", f"only 't' may be used here, not {name.id!r}", name.column
+                    )
+        cases.append(
+            CaseSpec(
+                id=case_id,
+                comment=str(table["comment"]),
+                flags=tuple(table.get("flags", [])),
+                hyper={k: hyper[k] for k in table.get("hyper", {})},
+                grads=str(table.get("grads", "standard")),
+                lr_multiplier=lr_expr,
+                lr_multiplier_text=None if lr_text is None else str(lr_text),
+                steps=int(table.get("steps", DEFAULT_STEPS)),
+            )
+        )
+    return tuple(cases)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def _apply_variant(spec: Spec, variant: Mapping[str, str]) -> tuple[tuple[Located, ...], dict[str, StateSlot], dict[str, Kind]]:
+    equations = list(spec.step)
+    state = dict(spec.state)
+    for knob_name, value_name in variant.items():
+        value = spec.knobs[knob_name].values[value_name]
+        where = f"{spec.where}, variant {knob_name}={value_name}"
+        for label, new in value.replace.items():
+            index = _find_label(equations, label, f"{where}, replace.{label}")
+            equations[index : index + 1] = list(new)
+        for label, new in value.before.items():
+            index = _find_label(equations, label, f"{where}, before.{label}")
+            equations[index:index] = list(new)
+        for label, new in value.after.items():
+            index = _find_label(equations, label, f"{where}, after.{label}")
+            equations[index + 1 : index + 1] = list(new)
+        for slot_name, slot in value.state.items():
+            if slot_name in state:
+                raise SpecError(where, f"state slot {slot_name!r} is already declared")
+            state[slot_name] = slot
+    kinds = _check_resolved(spec, variant, equations, state)
+    return tuple(equations), state, kinds
+
+
+def _find_label(equations: list[Located], label: str, where: str) -> int:
+    matches = [i for i, loc in enumerate(equations) if loc.equation.label == label]
+    if not matches:
+        labels = ", ".join(loc.equation.label for loc in equations if loc.equation.label) or "none"
+        raise SpecError(where, f"no equation is labelled {label!r} (labels: {labels})")
+    if len(matches) > 1:
+        raise SpecError(where, f"label {label!r} is used by {len(matches)} equations; labels must be unique")
+    return matches[0]
+
+
+def _check_resolved(
+    spec: Spec, variant: Mapping[str, str], equations: list[Located], state: Mapping[str, StateSlot]
+) -> dict[str, Kind]:
+    """Static checks of one resolved step; returns the kind of every name after the step."""
+    label = variant_label(variant)
+    base: dict[str, Kind] = {**{h: "scalar" for h in spec.hyper}, **BUILTIN_NAMES}
+    for name in state:
+        if name in spec.hyper:
+            raise SpecError(f"{spec.where}, state {name!r}", "a state slot and a hyperparameter share this name")
+
+    # State initialisers may read hyperparameters, theta and other slots' initial values.
+    _check_init_cycles(spec, state, label)
+    kinds: dict[str, Kind] = dict(base)
+    init_kinds: dict[str, Kind] = {}
+    for name, slot in state.items():
+        kinds[name] = slot.kind
+        if slot.init is not None:
+            env = {**base, **{s: state[s].kind for s in state if state[s].init is not None}}
+            env.pop("grad")
+            for r in ("t", "lr", "lr_multiplier"):
+                env.pop(r)
+            kind = _infer(slot.init, env, f"{spec.where} [{label}], state {name!r} init {slot.init_text!r}")
+            if slot.kind == "scalar" and kind == "tensor":
+                raise SpecError(f"{spec.where}, state {name!r}", "a scalar slot cannot be initialised from a tensor expression")
+            init_kinds[name] = kind
+
+    written: set[str] = set()
+    assigned_somewhere = {loc.equation.target for loc in equations}
+    labels: dict[str, str] = {}
+    assigns_theta = False
+    for loc in equations:
+        eq = loc.equation
+        where = f"{loc.where} [variant {label}]"
+        if eq.label is not None:
+            if eq.label in labels:
+                raise SpecError(where, f"label {eq.label!r} is already used by {labels[eq.label]}")
+            labels[eq.label] = loc.where
+        available = {n: k for n, k in kinds.items() if n not in state or state[n].init is not None or n in written}
+        try:
+            kind = _infer(eq.expr, available, where, state=state, locals_written=assigned_somewhere)
+        except _ReadBeforeWrite as exc:
+            raise SpecError(where, exc.message, exc.column) from None
+        target = eq.target
+        if target in READ_ONLY_BUILTINS or target in spec.hyper:
+            raise SpecError(where, f"{target!r} is read-only and cannot be assigned", 1)
+        if target in state and state[target].kind == "scalar" and kind == "tensor":
+            raise SpecError(
+                where, f"state slot {target!r} is a per-tensor scalar; it cannot hold a tensor expression", eq.expr_column
+            )
+        if target == "theta":
+            assigns_theta = True
+        elif target not in state:
+            kinds[target] = kind
+        written.add(target)
+    if not assigns_theta:
+        raise SpecError(f"{spec.where} [variant {label}]", "the step never assigns theta")
+    reads = {n.id for loc in equations for n in names_in(loc.equation.expr)}
+    reads |= {n.id for s in state.values() if s.init is not None for n in names_in(s.init)}
+    for name in state:
+        if name not in reads:
+            raise SpecError(f"{spec.where}, state {name!r} [variant {label}]", "unused state slot: no equation reads it")
+        if name not in written:
+            raise SpecError(f"{spec.where}, state {name!r} [variant {label}]", "the step never writes this state slot")
+    return kinds
+
+
+class _ReadBeforeWrite(Exception):
+    def __init__(self, message: str, column: int) -> None:
+        self.message = message
+        self.column = column
+
+
+def _infer(
+    expr: Expr,
+    env: Mapping[str, Kind],
+    where: str,
+    state: Mapping[str, StateSlot] | None = None,
+    locals_written: set[str] | None = None,
+) -> Kind:
+    # ``locals_written`` holds every name the step assigns somewhere, so that reading one too
+    # early is reported as read-before-write rather than as an unknown name.
+    """Kind of an expression ('tensor' if any operand is elementwise) with name checks."""
+    if isinstance(expr, Num):
+        return "scalar"
+    if isinstance(expr, Name):
+        if expr.id in env:
+            return env[expr.id]
+        if state is not None and expr.id in state:
+            raise _ReadBeforeWrite(f"state slot {expr.id!r} has no init and is read before the step writes it", expr.column)
+        if locals_written is not None and expr.id in locals_written:
+            raise _ReadBeforeWrite(f"local {expr.id!r} is read before the step writes it", expr.column)
+        raise SpecError(where, f"unknown name {expr.id!r}", expr.column)
+    if isinstance(expr, Unary):
+        return _infer(expr.operand, env, where, state, locals_written)
+    if isinstance(expr, Binary):
+        left = _infer(expr.left, env, where, state, locals_written)
+        right = _infer(expr.right, env, where, state, locals_written)
+        return "tensor" if "tensor" in (left, right) else "scalar"
+    assert isinstance(expr, Call)
+    kinds = [_infer(arg, env, where, state, locals_written) for arg in expr.args]
+    if expr.func in REDUCTIONS:
+        return "scalar"
+    if expr.func in SCALAR_BINARY_FUNCTIONS and "tensor" in kinds:
+        raise SpecError(
+            where,
+            f"{expr.func}() takes per-tensor scalars; use {'maximum' if expr.func == 'max' else 'minimum'}() elementwise",
+            expr.column,
+        )
+    return "tensor" if "tensor" in kinds else "scalar"
+
+
+def _check_init_cycles(spec: Spec, state: Mapping[str, StateSlot], label: str) -> None:
+    graph = {
+        name: [n.id for n in names_in(slot.init) if n.id in state] if slot.init is not None else []
+        for name, slot in state.items()
+    }
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycle = " -> ".join([*visiting[visiting.index(name) :], name])
+            raise SpecError(f"{spec.where} [variant {label}], state {name!r} init", f"initialisation cycle: {cycle}")
+        visiting.append(name)
+        for dep in graph[name]:
+            visit(dep)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+
+
+def _check_whole(spec: Spec) -> None:
+    """Checks over every knob combination: each must resolve, and every hyperparameter is read."""
+    combos = spec.all_combos()
+    if len(combos) > 4096:
+        raise SpecError(spec.where, f"{len(combos)} knob combinations; at most 4096 are supported")
+    read: set[str] = set()
+    for combo in combos:
+        read |= spec.resolve(combo).reads
+    for case in spec.cases:
+        if case.lr_multiplier is not None:
+            read.add("t")
+    unused = [h for h in spec.hyper if h not in read]
+    if unused:
+        raise SpecError(spec.where, f"hyperparameter {unused[0]!r} is never used by any equation of any variant")
+    for extra in spec.extra_combos:
+        spec.full_variant(extra)
+
+
+# --------------------------------------------------------------------------- library
+
+
+class SpecLibrary:
+    """All specs visible to optspec: the packaged ``specs/`` plus any extra directories."""
+
+    def __init__(self, extra_dirs: Iterable[str | Path] = (), include_packaged: bool = True) -> None:
+        self._paths: dict[str, tuple[Path, str]] = {}
+        if include_packaged:
+            root = resources.files("optspec.specs")
+            for entry in sorted(root.iterdir(), key=lambda e: e.name):
+                if entry.name.endswith(".toml"):
+                    self._paths[entry.name[:-5]] = (Path(str(entry)), f"specs/{entry.name}")
+        for directory in extra_dirs:
+            for path in sorted(Path(directory).glob("*.toml")):
+                self._paths[path.stem] = (path, str(path))
+        self._cache: dict[str, Spec] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._paths)
+
+    def get(self, name: str) -> Spec:
+        if name not in self._paths:
+            from optspec.errors import UsageError
+
+            raise UsageError(f"unknown rule {name!r} (known rules: {', '.join(self.names)})")
+        if name not in self._cache:
+            path, shown = self._paths[name]
+            self._cache[name] = load_spec(path, shown)
+        return self._cache[name]
+
+    def all(self) -> list[Spec]:
+        return [self.get(name) for name in self.names]
