@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from optspec.impls.base import Binding, Plan, Requirement, Slot, Support
 
 from optspec.errors import AdapterError
+from optspec.impls.base import Binding, Plan, Requirement, Slot, Support
 from optspec.reference import CaseInputs, Trajectory
 
 Schedule = Callable[[Any], Any] | float

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from optspec.impls.base import Binding, Plan, Requirement, Slot, Support
 
 from optspec.errors import AdapterError
+from optspec.impls.base import Binding, Plan, Requirement, Slot, Support
 from optspec.reference import CaseInputs, Trajectory
 
 _ON_OFF = {"off": Support({"maximize": False}), "on": Support({"maximize": True})}

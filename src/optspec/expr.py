@@ -9,6 +9,7 @@ function                        arity    meaning
 ==============================  =======  ==================================================
 ``where(c, a, b)``              3        elementwise ``a`` where ``c`` holds, else ``b``
 ``sqrt abs sign exp log``       1        elementwise
+``cos floor``                   1        elementwise (for schedules)
 ``min max``                     2        of two per-tensor *scalars*
 ``maximum minimum``             2        elementwise
 ``norm sum mean max_abs``       1        per-tensor reductions: ``||x||_2``, ``sum x``,
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from optspec.errors import ExprError
 
 #: Elementwise functions of one argument.
-UNARY_FUNCTIONS = frozenset({"sqrt", "abs", "sign", "exp", "log"})
+UNARY_FUNCTIONS = frozenset({"sqrt", "abs", "sign", "exp", "log", "cos", "floor"})
 #: Per-tensor reductions: tensor in, scalar out.
 REDUCTIONS = frozenset({"norm", "sum", "mean", "max_abs"})
 #: Functions of two per-tensor scalars.

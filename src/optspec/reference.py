@@ -82,6 +82,8 @@ _ELEMENTWISE: dict[str, Callable[..., Value]] = {
     "sign": np.sign,
     "exp": np.exp,
     "log": np.log,
+    "cos": np.cos,
+    "floor": np.floor,
     "maximum": np.maximum,
     "minimum": np.minimum,
     "min": np.minimum,

@@ -1,0 +1,1 @@
+"""Native CUDA implementations generated from the specs (see impls/cuda/README.md)."""
