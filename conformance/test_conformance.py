@@ -26,6 +26,7 @@ def test_conforms(check) -> None:
     result = run_check(check)
     if result.status == "skipped":
         pytest.skip(result.message)
+    assert result.status != "error", f"could not run: {result.message}"
     assert result.status in ("conforms", "deviation"), result.message
     if result.status == "deviation":
         # A deviation must name registry entries, each with a reason and an upstream reference.

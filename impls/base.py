@@ -233,6 +233,8 @@ _REGISTRY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        # Learning-rate schedule deviations: validated and read by optspec.impls.schedule_base.
+        "schedule": {"type": "array", "items": {"type": "object"}},
     },
 }
 
@@ -242,9 +244,18 @@ def deviations() -> tuple[Deviation, ...]:
     """The known-deviation registry, validated; a malformed file is an AdapterError."""
     shown = "impls/deviations.toml"
     try:
-        table = tomllib.loads(resources.files("optspec.impls").joinpath("deviations.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        text = resources.files("optspec.impls").joinpath("deviations.toml").read_text()
+    except OSError as exc:
         raise AdapterError(f"{shown}: cannot read the known-deviation registry ({exc})") from None
+    return parse_registry(text, shown)
+
+
+def parse_registry(text: str, shown: str) -> tuple[Deviation, ...]:
+    """Parse and validate registry text; every problem is a one-line AdapterError naming ``shown``."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AdapterError(f"{shown}: not valid TOML ({exc})") from None
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_REGISTRY_SCHEMA).iter_errors(table))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"

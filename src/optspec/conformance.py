@@ -7,7 +7,8 @@ error model's budget (:mod:`optspec.tolerance`). The outcome is one of
 * ``conforms`` — within budget for the variant asked for;
 * ``deviation`` — within budget for the variant (or arithmetic) that a known-deviation
   registry entry says the library deliberately implements;
-* ``fails`` — outside budget, or the implementation raised;
+* ``fails`` — outside budget (or non-finite where the golden value is finite);
+* ``error`` — the adapter or the library raised, so nothing could be compared;
 * ``skipped`` — the framework is missing or the library cannot express the case (reason given).
 
 :func:`matrix` folds the checks into the rule x implementation table that ``optspec run``
@@ -29,7 +30,7 @@ from optspec.impls.base import Deviation, Implementation, Plan, find_precision_d
 from optspec.reference import Trajectory
 from optspec.spec import Spec, SpecLibrary, variant_label
 
-Status = Literal["conforms", "deviation", "fails", "skipped"]
+Status = Literal["conforms", "deviation", "fails", "error", "skipped"]
 DTYPES = ("float32", "float64")
 
 
@@ -203,7 +204,7 @@ def run_check(check: Check) -> CheckResult:
     try:
         observed = impl.run(plan, test.inputs, test.hyper, dtype, test.steps)
     except AdapterError as exc:
-        return CheckResult(**base, status="fails", message=f"{context}: {exc}", compared_variant=plan.compared_variant)
+        return CheckResult(**base, status="error", message=f"{context}: {exc}", compared_variant=plan.compared_variant)
     profile = dtype
     comparison = compare(target, observed, profile, context)
     deviations = plan.deviations
@@ -238,12 +239,12 @@ class Cell:
 
 
 def matrix(results: Iterable[CheckResult]) -> dict[str, dict[str, Cell]]:
-    """rule -> implementation -> cell: fails > known deviation > conforms > skipped."""
+    """rule -> implementation -> cell: error > fails > known deviation > conforms > skipped."""
     table: dict[str, dict[str, Cell]] = {}
     for result in results:
         cell = table.setdefault(result.rule, {}).setdefault(result.implementation, Cell())
         cell.counts[result.status] = cell.counts.get(result.status, 0) + 1
-        if result.status == "fails":
+        if result.status in ("fails", "error"):
             cell.failures.append(result.message)
         elif result.status == "skipped":
             cell.skips.append(result.message)
@@ -251,7 +252,9 @@ def matrix(results: Iterable[CheckResult]) -> dict[str, dict[str, Cell]]:
             cell.deviations[deviation.id] = deviation
     for row in table.values():
         for cell in row.values():
-            if cell.counts.get("fails"):
+            if cell.counts.get("error"):
+                cell.status = "error"
+            elif cell.counts.get("fails"):
                 cell.status = "fails"
             elif cell.counts.get("deviation"):
                 cell.status = "known deviation"

@@ -488,7 +488,7 @@ def _check_resolved(
     spec: Spec, variant: Mapping[str, str], equations: list[Located], state: Mapping[str, StateSlot]
 ) -> dict[str, Kind]:
     """Static checks of one resolved step; returns the kind of every name after the step."""
-    label = variant_label(variant)
+    label = f" [variant {variant_label(variant)}]" if variant else ""
     base: dict[str, Kind] = {**{h: "scalar" for h in spec.hyper}, **BUILTIN_NAMES}
     for name in state:
         if name in spec.hyper:
@@ -505,7 +505,7 @@ def _check_resolved(
             env.pop("grad")
             for r in ("t", "lr", "lr_multiplier"):
                 env.pop(r)
-            kind = _infer(slot.init, env, f"{spec.where} [{label}], state {name!r} init {slot.init_text!r}")
+            kind = _infer(slot.init, env, f"{spec.where}{label}, state {name!r} init {slot.init_text!r}")
             if slot.kind == "scalar" and kind == "tensor":
                 raise SpecError(f"{spec.where}, state {name!r}", "a scalar slot cannot be initialised from a tensor expression")
             init_kinds[name] = kind
@@ -516,7 +516,7 @@ def _check_resolved(
     assigns_theta = False
     for loc in equations:
         eq = loc.equation
-        where = f"{loc.where} [variant {label}]"
+        where = f"{loc.where}{label}"
         if eq.label is not None:
             if eq.label in labels:
                 raise SpecError(where, f"label {eq.label!r} is already used by {labels[eq.label]}")
@@ -539,14 +539,14 @@ def _check_resolved(
             kinds[target] = kind
         written.add(target)
     if not assigns_theta:
-        raise SpecError(f"{spec.where} [variant {label}]", "the step never assigns theta")
+        raise SpecError(f"{spec.where}{label}", "the step never assigns theta")
     reads = {n.id for loc in equations for n in names_in(loc.equation.expr)}
     reads |= {n.id for s in state.values() if s.init is not None for n in names_in(s.init)}
     for name in state:
         if name not in reads:
-            raise SpecError(f"{spec.where}, state {name!r} [variant {label}]", "unused state slot: no equation reads it")
+            raise SpecError(f"{spec.where}, state {name!r}{label}", "unused state slot: no equation reads it")
         if name not in written:
-            raise SpecError(f"{spec.where}, state {name!r} [variant {label}]", "the step never writes this state slot")
+            raise SpecError(f"{spec.where}, state {name!r}{label}", "the step never writes this state slot")
     return kinds
 
 
@@ -608,7 +608,7 @@ def _check_init_cycles(spec: Spec, state: Mapping[str, StateSlot], label: str) -
             return
         if name in visiting:
             cycle = " -> ".join([*visiting[visiting.index(name) :], name])
-            raise SpecError(f"{spec.where} [variant {label}], state {name!r} init", f"initialisation cycle: {cycle}")
+            raise SpecError(f"{spec.where}{label}, state {name!r} init", f"initialisation cycle: {cycle}")
         visiting.append(name)
         for dep in graph[name]:
             visit(dep)

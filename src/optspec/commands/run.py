@@ -48,15 +48,21 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in unavailable.items():
         print(f"not run: {name}: {reason}")
     failures = [r for r in results if r.status == "fails"]
+    errors = [r for r in results if r.status == "error"]
     for failure in failures:
         print(f"FAIL {failure.message}")
     if args.json:
         write_atomic(args.json, json.dumps([result_json(r) for r in results], indent=1) + "\n")
-    counts = {s: sum(r.status == s for r in results) for s in ("conforms", "deviation", "fails", "skipped")}
+    counts = {s: sum(r.status == s for r in results) for s in ("conforms", "deviation", "fails", "error", "skipped")}
     print(
         f"{counts['conforms']} conform, {counts['deviation']} known deviations, "
-        f"{counts['fails']} fail, {counts['skipped']} not expressible or not installed"
+        f"{counts['fails']} fail, {counts['error']} could not run, {counts['skipped']} not expressible or not installed"
     )
+    if errors:
+        # An adapter or library that raises is an input problem, not a verdict: exit 2.
+        for error in errors:
+            print(f"optspec: error: {error.message}", file=sys.stderr)
+        return 2
     return 1 if failures else 0
 
 
