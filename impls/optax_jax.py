@@ -93,6 +93,120 @@ def adadelta(learning_rate: Schedule, rho: float, eps: float, weight_decay: floa
     return optax.adadelta(learning_rate, rho=rho, eps=eps, weight_decay=weight_decay)
 
 
+def radam(
+    learning_rate: Schedule, b1: float, b2: float, eps: float, threshold: float, weight_decay: float, decoupled: bool
+) -> Any:
+    """L2: chain(add_decayed_weights, radam). Decoupled: scale_by_radam, add_decayed_weights, then the lr."""
+    import optax
+
+    if decoupled:
+        return optax.chain(
+            optax.scale_by_radam(b1=b1, b2=b2, eps=eps, threshold=threshold),
+            optax.add_decayed_weights(weight_decay),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.radam(learning_rate, b1=b1, b2=b2, eps=eps, threshold=threshold)
+    )
+
+
+def nadam(learning_rate: Schedule, b1: float, b2: float, eps: float, weight_decay: float, decoupled: bool) -> Any:
+    """L2: chain(add_decayed_weights, nadam). Decoupled: optax.nadamw (adamw with nesterov=True)."""
+    import optax
+
+    if decoupled:
+        return optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.nadam(learning_rate, b1=b1, b2=b2, eps=eps))
+
+
+def amsgrad(
+    learning_rate: Schedule,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction_mu: bool,
+    bias_correction_nu: bool,
+    decoupled: bool,
+) -> Any:
+    """L2: chain(add_decayed_weights, amsgrad). Decoupled: scale_by_amsgrad, add_decayed_weights, then the lr."""
+    import optax
+
+    flags = {"bias_correction_mu": bias_correction_mu, "bias_correction_nu": bias_correction_nu}
+    if decoupled:
+        return optax.chain(
+            optax.scale_by_amsgrad(b1=b1, b2=b2, eps=eps, **flags),
+            optax.add_decayed_weights(weight_decay),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps, **flags))
+
+
+def adabelief(
+    learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root: float, weight_decay: float, decoupled: bool
+) -> Any:
+    """L2: chain(add_decayed_weights, adabelief). Decoupled: scale_by_belief, add_decayed_weights, then the lr."""
+    import optax
+
+    if decoupled:
+        return optax.chain(
+            optax.scale_by_belief(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+            optax.add_decayed_weights(weight_decay),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.adabelief(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    )
+
+
+def lion(learning_rate: Schedule, b1: float, b2: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
+def sgdw(learning_rate: Schedule, momentum: float, weight_decay: float) -> Any:
+    """SGDW as optax composes decoupled decay (cf. optax.adamw): trace, add_decayed_weights, then the lr."""
+    import optax
+
+    return optax.chain(
+        optax.trace(decay=momentum),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def lamb(learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+
+
+def lars(
+    learning_rate: Schedule,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    momentum: float,
+    nesterov: bool,
+    trust_ratio_mask: bool,
+    weight_decay_mask: bool,
+) -> Any:
+    """optax.lars; a False mask excludes every tensor of the case from the trust ratio (or the decay)."""
+    import optax
+
+    return optax.lars(
+        learning_rate,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
+        trust_ratio_mask=trust_ratio_mask,
+        momentum=momentum,
+        nesterov=nesterov,
+    )
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -101,6 +215,14 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "adagrad": adagrad,
     "adamax": adamax,
     "adadelta": adadelta,
+    "radam": radam,
+    "nadam": nadam,
+    "amsgrad": amsgrad,
+    "adabelief": adabelief,
+    "lion": lion,
+    "sgdw": sgdw,
+    "lamb": lamb,
+    "lars": lars,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -186,6 +308,102 @@ BINDINGS: dict[str, Binding] = {
         variants={"maximize": _NO_MAXIMIZE},
         state={"Eg": Slot("e_g"), "Ex": Slot("e_x")},
     ),
+    "radam": Binding(
+        rule="radam",
+        target="optax.radam",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "threshold": "threshold", "weight_decay": "weight_decay"},
+        variants={
+            "comparison": {"nonstrict": Support()},
+            "epsilon": {"corrected": Support()},
+            "below_threshold": {"sgd": Support()},
+            "weight_decay": {"l2": Support({"decoupled": False}), "decoupled": Support({"decoupled": True})},
+        },
+        state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "nadam": Binding(
+        rule="nadam",
+        target="optax.nadam",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={
+            "schedule": {"constant": Support()},
+            "weight_decay": {"l2": Support({"decoupled": False}), "decoupled": Support({"decoupled": True})},
+        },
+        state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "amsgrad": Binding(
+        rule="amsgrad",
+        target="optax.amsgrad",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={
+            "maximum": {
+                "corrected": Support({"bias_correction_nu": True}),
+                "uncorrected": Support({"bias_correction_nu": False}),
+            },
+            "mu_correction": {"on": Support({"bias_correction_mu": True}), "off": Support({"bias_correction_mu": False})},
+            "weight_decay": {"l2": Support({"decoupled": False}), "decoupled": Support({"decoupled": True})},
+        },
+        state={"m": Slot("mu"), "v": Slot("nu"), "vmax": Slot("nu_max")},
+    ),
+    "adabelief": Binding(
+        rule="adabelief",
+        target="optax.adabelief",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "eps_root": "eps_root", "weight_decay": "weight_decay"},
+        variants={
+            "eps_root": {"accumulated": Support()},
+            "weight_decay": {"l2": Support({"decoupled": False}), "decoupled": Support({"decoupled": True})},
+        },
+        state={"m": Slot("mu"), "s": Slot("nu")},
+    ),
+    "lion": Binding(
+        rule="lion",
+        target="optax.lion",
+        hyper={"beta1": "b1", "beta2": "b2", "weight_decay": "weight_decay"},
+        variants={"weight_decay": {"decoupled": Support()}},
+        state={"m": Slot("mu")},
+    ),
+    "sgdw": Binding(
+        rule="sgdw",
+        target="optax.chain(trace, add_decayed_weights, scale_by_learning_rate)",
+        hyper={"momentum": "momentum", "weight_decay": "weight_decay"},
+        variants={"decay_scale": {"lr": Support()}, "momentum_lr": {"outside": Support()}},
+        state={"b": Slot("trace")},
+    ),
+    "lamb": Binding(
+        rule="lamb",
+        target="optax.lamb",
+        hyper={"beta1": "b1", "beta2": "b2", "weight_decay": "weight_decay"},
+        variants={
+            "clip": {"none": Support()},
+            "decay": {"in_ratio": Support()},
+            "bias_correction": {"on": Support()},
+            "epsilon": {
+                "outside": Support({"eps": "$eps", "eps_root": 0.0}),
+                "inside": Support({"eps": 0.0, "eps_root": "$eps"}),
+            },
+        },
+        state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "lars": Binding(
+        rule="lars",
+        target="optax.lars",
+        hyper={
+            "weight_decay": "weight_decay",
+            "trust_coefficient": "trust_coefficient",
+            "eps": "eps",
+            "momentum": "momentum",
+        },
+        variants={
+            "denominator": {"combined": Support()},
+            "momentum_lr": {"inside": Support()},
+            "nesterov": {"off": Support({"nesterov": False}), "on": Support({"nesterov": True})},
+            "adaptation": {
+                "adapted": Support({"trust_ratio_mask": True, "weight_decay_mask": True}),
+                "excluded": Support({"trust_ratio_mask": False, "weight_decay_mask": True}),
+                "excluded_no_decay": Support({"trust_ratio_mask": False, "weight_decay_mask": False}),
+            },
+        },
+        state={"b": Slot("trace", sign=-1.0)},
+    ),
 }
 
 
@@ -258,7 +476,12 @@ def run_optax_transformation(
 
 
 def learning_rate_for(inputs: CaseInputs, base_lr: float, dtype: str) -> Schedule:
-    """A float for a constant lr; else a schedule function count -> eta * s_{count+1}."""
+    """A float for a constant lr; optax's own schedule for a schedule spec; else a function
+    count -> eta * s_{count+1} looked up from the case's multipliers."""
+    if inputs.schedule is not None:
+        from optspec.impls.optax_schedules import build_optax_schedule
+
+        return build_optax_schedule(inputs.schedule.name, inputs.schedule.variant, inputs.schedule.hyper)
     if np.all(inputs.lr_multipliers == 1.0):
         return base_lr
     import jax.numpy as jnp
@@ -295,3 +518,13 @@ class OptaxJit:
 
 
 IMPLEMENTATIONS = (OptaxJit(),)
+
+
+def _register_composites() -> None:
+    """Composite specs (lookahead) reuse the bindings above; see optspec.impls.optax_lookahead."""
+    from optspec.impls.optax_lookahead import register
+
+    register(BINDINGS, FACTORIES)
+
+
+_register_composites()

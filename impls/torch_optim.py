@@ -100,10 +100,61 @@ BINDINGS: dict[str, Binding] = {
         variants={"maximize": _ON_OFF},
         state={"Eg": Slot("square_avg"), "Ex": Slot("acc_delta")},
     ),
+    "radam": Binding(
+        rule="radam",
+        target="torch.optim.RAdam",
+        hyper={"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={
+            "comparison": {"strict": _DEFAULT_ONLY},
+            "epsilon": {"raw": _DEFAULT_ONLY},
+            "below_threshold": {"sgd": _DEFAULT_ONLY},
+            "weight_decay": {
+                "l2": Support({"decoupled_weight_decay": False}),
+                "decoupled": Support({"decoupled_weight_decay": True}),
+            },
+        },
+        state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq")},
+        requires=(Requirement("threshold == 5", "torch.optim.RAdam hard-codes the threshold rho_t > 5"),),
+    ),
+    "nadam": Binding(
+        rule="nadam",
+        target="torch.optim.NAdam",
+        hyper={
+            "lr": "lr",
+            "beta1": "betas[0]",
+            "beta2": "betas[1]",
+            "eps": "eps",
+            "weight_decay": "weight_decay",
+            "momentum_decay": "momentum_decay",
+        },
+        variants={
+            # 0.96 ** (t * 1e9) == 0.0 in double, so mu_t = beta1 exactly: optax's constant-beta1 NAdam
+            "schedule": {"dozat": _DEFAULT_ONLY, "constant": Support({"momentum_decay": 1e9})},
+            "weight_decay": {
+                "l2": Support({"decoupled_weight_decay": False}),
+                "decoupled": Support({"decoupled_weight_decay": True}),
+            },
+        },
+        state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq"), "mu_product": Slot("mu_product")},
+    ),
+    "amsgrad": Binding(
+        rule="amsgrad",
+        target="torch.optim.Adam",
+        hyper={"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={
+            "maximum": {"raw": Support({"amsgrad": True})},
+            "mu_correction": {"on": _DEFAULT_ONLY},
+            "weight_decay": {
+                "l2": Support({"decoupled_weight_decay": False}),
+                "decoupled": Support({"decoupled_weight_decay": True}),
+            },
+        },
+        state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq"), "vmax": Slot("max_exp_avg_sq")},
+    ),
 }
 
 #: torch.optim classes that accept ``fused=True`` on the CPU in torch 2.13.
-FUSED_RULES = frozenset({"sgd", "adam", "adamw", "adagrad"})
+FUSED_RULES = frozenset({"sgd", "adam", "adamw", "adagrad", "amsgrad"})
 
 
 def torch_unavailable() -> str | None:
@@ -139,13 +190,24 @@ def run_torch_optimizer(
         raise AdapterError(f"{what}: constructing the optimizer raised {type(exc).__name__}: {exc}") from None
     wanted = set(record)
     trajectory: Trajectory = {}
+    scheduler = None
+    if inputs.schedule is not None:  # a schedule spec: drive torch's own scheduler, stepped after each step
+        from optspec.impls.torch_schedulers import build_torch_scheduler
+
+        try:
+            scheduler = build_torch_scheduler(optimizer, inputs.schedule.name, inputs.schedule.variant, inputs.schedule.hyper)
+        except AdapterError as exc:
+            raise AdapterError(f"{what}: {exc}") from None
     for t in range(1, inputs.steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = base_lr * float(inputs.lr_multipliers[t - 1])
+            if scheduler is None:
+                group["lr"] = base_lr * float(inputs.lr_multipliers[t - 1])
         for param, grads in zip(params, inputs.grads):
             param.grad = torch.tensor(grads[t - 1], dtype=torch_dtype, device=device)
         try:
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         except Exception as exc:
             raise AdapterError(f"{what}: step {t} raised {type(exc).__name__}: {exc}") from None
         if t in wanted:

@@ -66,4 +66,8 @@ def make_inputs(spec: Spec, case: CaseSpec) -> CaseInputs:
             _f32(0.5 + rng.standard_normal((steps, *SHAPES[3]))),
             _f32(rng.standard_normal((steps, *SHAPES[4])) * scales),
         )
+    if case.schedule is not None:
+        from optspec.schedules import schedule_multipliers
+
+        return CaseInputs(params, grads, schedule_multipliers(case.schedule, steps), case.schedule)
     return CaseInputs(params, grads, evaluate_lr_multipliers(case.lr_multiplier, steps))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from optspec.errors import ExprError
@@ -315,3 +316,16 @@ def to_source(expr: Expr) -> str:
     if isinstance(expr, Binary):
         return f"({to_source(expr.left)} {expr.op} {to_source(expr.right)})"
     return f"{expr.func}({', '.join(to_source(a) for a in expr.args)})"
+
+
+def rename_names(expr: Expr, mapping: Mapping[str, str]) -> Expr:
+    """A copy of ``expr`` with every name in ``mapping`` replaced (used to inline composed rules)."""
+    if isinstance(expr, Name):
+        return Name(mapping.get(expr.id, expr.id), expr.column)
+    if isinstance(expr, Unary):
+        return Unary(expr.op, rename_names(expr.operand, mapping), expr.column)
+    if isinstance(expr, Binary):
+        return Binary(expr.op, rename_names(expr.left, mapping), rename_names(expr.right, mapping), expr.column)
+    if isinstance(expr, Call):
+        return Call(expr.func, tuple(rename_names(a, mapping) for a in expr.args), expr.column)
+    return expr

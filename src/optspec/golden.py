@@ -14,6 +14,7 @@ corruption; :func:`read_golden` refuses such a file with a one-line error.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -64,6 +65,8 @@ class GoldenTest:
     expected: Trajectory
     #: atol[profile][step][tensor][slot]
     atol: Mapping[str, Mapping[int, list[dict[str, float]]]]
+    #: {"name", "variant", "hyper"} of the schedule spec that drives the lr, or None
+    schedule: Mapping[str, Any] | None = None
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -133,7 +136,7 @@ def generate(spec: Spec) -> GoldenFile:
             flags = list(case.flags)
             if case.grads == "standard":
                 flags += ["NearEpsilon", "FallingNorm"]
-            if case.lr_multiplier is not None and "Scheduled" not in flags:
+            if (case.lr_multiplier is not None or case.schedule is not None) and "Scheduled" not in flags:
                 flags.append("Scheduled")
             if non_default:
                 flags.append("NonDefaultVariant")
@@ -151,6 +154,7 @@ def generate(spec: Spec) -> GoldenFile:
                     lr_multiplier=case.lr_multiplier_text,
                     expected=ref64,
                     atol=atol,
+                    schedule=None if case.schedule is None else case.schedule.as_json(),  # type: ignore[attr-defined]
                 )
             )
     return GoldenFile(spec.name, spec.sha256, tuple(tests), f"conformance/golden/{spec.name}.json")
@@ -198,7 +202,7 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
                 "grads": [encode_array(g) for g in test.inputs.grads],
                 "lrMultipliers": encode_array(test.inputs.lr_multipliers),
             }
-        key = json.dumps([test.variant, test.hyper, test.lr_multiplier], sort_keys=True)
+        key = json.dumps([test.variant, test.hyper, test.lr_multiplier, test.schedule], sort_keys=True)
         group = groups.setdefault(
             key,
             {
@@ -210,6 +214,8 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
                 "tests": [],
             },
         )
+        if test.schedule is not None:
+            group["schedule"] = dict(test.schedule)
         group["tests"].append(
             {
                 "tcId": test.tc_id,
@@ -339,6 +345,14 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
             if item["inputs"] not in inputs:
                 raise GoldenError(f"{where}: refers to unknown inputs {item['inputs']!r}")
             case_inputs = inputs[item["inputs"]]
+            schedule = group.get("schedule")
+            if schedule is not None:
+                from optspec.schedules import ScheduleRef
+
+                ref = ScheduleRef(
+                    schedule["name"], dict(schedule["variant"]), {k: float(v) for k, v in schedule["hyper"].items()}
+                )
+                case_inputs = dataclasses.replace(case_inputs, schedule=ref)
             expected: Trajectory = {}
             atol: dict[str, dict[int, list[dict[str, float]]]] = {p: {} for p in PROFILES}
             for record in item["expected"]:
@@ -374,6 +388,7 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
                     lr_multiplier=group["lrMultiplier"],
                     expected=expected,
                     atol=atol,
+                    schedule=schedule,
                 )
             )
     return GoldenFile(doc["rule"], doc["spec"]["sha256"], tuple(tests), shown)

@@ -26,7 +26,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -49,6 +49,8 @@ from optspec.expr import (
     names_in,
     parse_equation,
     parse_expr,
+    rename_names,
+    to_source,
 )
 
 Kind = Literal["tensor", "scalar"]
@@ -170,6 +172,8 @@ class CaseSpec:
     lr_multiplier: Expr | None
     lr_multiplier_text: str | None
     steps: int
+    #: a schedule spec driving the lr (an optspec.schedules.ScheduleRef), or None
+    schedule: object | None = None
 
 
 @dataclass(frozen=True)
@@ -301,7 +305,7 @@ def spec_hash(table: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def load_spec(path: str | Path, display: str | None = None) -> Spec:
+def load_spec(path: str | Path, display: str | None = None, inner: Callable[[str], Spec] | None = None) -> Spec:
     """Read, validate and check one spec file; ``display`` is the path shown in errors."""
     path = Path(path)
     shown = display or str(path)
@@ -311,10 +315,11 @@ def load_spec(path: str | Path, display: str | None = None) -> Spec:
         raise SpecError(shown, f"cannot read the spec: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise SpecError(shown, f"the spec is not UTF-8 text: {exc.reason}") from None
-    return parse_spec(text, shown)
+    return parse_spec(text, shown, inner)
 
 
-def parse_spec(text: str, shown: str) -> Spec:
+def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None) -> Spec:
+    """Parse and check a spec; ``inner`` resolves the rules a composite spec (``[inner]``) names."""
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -340,7 +345,12 @@ def parse_spec(text: str, shown: str) -> Spec:
         hypers[hname] = Hyper(hname, float(h["default"]), domain, h["doc"])
 
     state = {sname: _slot(sname, s, f"{rule_where}, state {sname!r}") for sname, s in table.get("state", {}).items()}
-    step = tuple(_equation(eq, f"{rule_where}, step equation {i + 1}") for i, eq in enumerate(table["step"]))
+    step = tuple(
+        _inner_placeholder(f"{rule_where}, step equation {i + 1}", "inner" in table)
+        if eq.strip() == INNER_MARKER
+        else _equation(eq, f"{rule_where}, step equation {i + 1}")
+        for i, eq in enumerate(table["step"])
+    )
 
     knobs: dict[str, Knob] = {}
     for kname, k in table.get("variants", {}).items():
@@ -365,6 +375,15 @@ def parse_spec(text: str, shown: str) -> Spec:
             )
         knobs[kname] = Knob(kname, k.get("doc", ""), k["default"], values)
 
+    sha256 = spec_hash(table)
+    if "inner" in table:
+        knob, inner_hypers, inner_hashes = _compose(table["inner"], rule_where, set(hypers) | set(state), inner)
+        if knob.name in knobs:
+            raise SpecError(rule_where, f"variant knob {knob.name!r} is reserved for the inner rule")
+        knobs = {knob.name: knob, **knobs}
+        hypers.update(inner_hypers)
+        sha256 = spec_hash({"spec": table, "inner": inner_hashes})
+
     spec = Spec(
         name=name,
         title=table["title"],
@@ -377,12 +396,94 @@ def parse_spec(text: str, shown: str) -> Spec:
         cases=(),
         extra_combos=tuple(table.get("golden", {}).get("extra_combos", [])),
         path=shown,
-        sha256=spec_hash(table),
+        sha256=sha256,
     )
     cases = _cases(spec, [*STANDARD_CASES, *table.get("cases", [])])
     spec = Spec(**{**spec.__dict__, "cases": cases})
     _check_whole(spec)
     return spec
+
+
+# --------------------------------------------------------------------------- composition
+
+#: A step entry that stands for the inner rule's whole step (composite specs only).
+INNER_MARKER = "@inner"
+INNER_KNOB = "inner"
+
+
+def _inner_placeholder(where: str, composite: bool) -> Located:
+    if not composite:
+        raise SpecError(where, f"{INNER_MARKER!r} runs the inner rule, but the spec has no [inner] table")
+    return Located(parse_equation(f"{INNER_KNOB}: theta = theta"), f"{where} {INNER_MARKER!r}")
+
+
+def _compose(
+    table: Mapping[str, object], where: str, outer_names: set[str], resolve: Callable[[str], Spec] | None
+) -> tuple[Knob, dict[str, Hyper], dict[str, str]]:
+    """The ``inner`` knob of a composite spec: one value per inner rule.
+
+    The inner rule (at its default variant) is inlined where the step says ``@inner``: it
+    updates ``theta`` (the fast weights) from ``grad`` with the composite's ``lr``, ``t`` and
+    ``lr_multiplier``. Its other hyperparameters, its state slots and its locals are renamed
+    ``<rule>_<name>`` so that rules compose without clashes (lookahead's ``adam_beta1``).
+    """
+    if resolve is None:
+        raise SpecError(where, "a composite spec ([inner]) can only be loaded through a SpecLibrary")
+    rules = [str(r) for r in table["rules"]]  # type: ignore[index, union-attr]
+    default = str(table.get("default", rules[0]))  # type: ignore[union-attr]
+    if default not in rules:
+        raise SpecError(f"{where}, inner", f"default {default!r} is not one of the inner rules ({', '.join(rules)})")
+    values: dict[str, VariantValue] = {}
+    hypers: dict[str, Hyper] = {}
+    hashes: dict[str, str] = {}
+    for rule in rules:
+        iwhere = f"{where}, inner rule {rule!r}"
+        try:
+            inner_spec = resolve(rule)
+        except SpecError:
+            raise
+        except Exception as exc:  # UsageError for an unknown rule, RecursionError for a cycle
+            raise SpecError(iwhere, str(exc)) from None
+        if INNER_KNOB in inner_spec.knobs:
+            raise SpecError(iwhere, "an inner rule cannot itself be composite")
+        resolved = inner_spec.resolve()
+        rename = {h: f"{rule}_{h}" for h in inner_spec.hyper if h != "lr"}
+        rename.update({s_: f"{rule}_{s_}" for s_ in resolved.state})
+        rename.update({loc.equation.target: f"{rule}_{loc.equation.target}" for loc in resolved.equations})
+        rename.pop("theta", None)
+        clash = sorted(set(rename.values()) & outer_names)
+        if clash:
+            raise SpecError(iwhere, f"the renamed inner name {clash[0]!r} clashes with a name of the composite spec")
+        equations = tuple(
+            Located(_renamed_equation(loc.equation, rename), f"{loc.where} (inlined from {inner_spec.path})")
+            for loc in resolved.equations
+        )
+        slots = {
+            rename[n]: StateSlot(
+                rename[n],
+                None if slot.init is None else rename_names(slot.init, rename),
+                slot.init_text,
+                slot.kind,
+                slot.doc,
+            )
+            for n, slot in resolved.state.items()
+        }
+        values[rule] = VariantValue(
+            rule, f"{inner_spec.title} ({variant_label(resolved.variant)})", {INNER_KNOB: equations}, {}, {}, slots
+        )
+        for h, hyper in inner_spec.hyper.items():
+            if h != "lr":
+                hypers[rename[h]] = Hyper(rename[h], hyper.default, hyper.domain, f"{rule}: {hyper.doc}")
+        hashes[rule] = inner_spec.sha256
+    doc = str(table.get("doc", "The inner rule."))  # type: ignore[union-attr]
+    return Knob(INNER_KNOB, doc, default, values), hypers, hashes
+
+
+def _renamed_equation(eq: Equation, rename: Mapping[str, str]) -> Equation:
+    target = rename.get(eq.target, eq.target)
+    expr = rename_names(eq.expr, rename)
+    text = f"{target} = {to_source(expr)}"
+    return Equation(None, target, expr, text, len(target) + 4)
 
 
 def _check_identifier(name: str, where: str) -> None:
@@ -443,9 +544,21 @@ def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec
                 lr_multiplier=lr_expr,
                 lr_multiplier_text=None if lr_text is None else str(lr_text),
                 steps=int(table.get("steps", DEFAULT_STEPS)),
+                schedule=_case_schedule(table, lr_text, hyper, where),
             )
         )
     return tuple(cases)
+
+
+def _case_schedule(table: Mapping[str, object], lr_text: object, hyper: Mapping[str, float], where: str) -> object | None:
+    """A case's ``schedule = {name, variant, hyper}``: a schedule spec feeds s_t = value[t-1] / eta."""
+    if "schedule" not in table:
+        return None
+    if lr_text is not None:
+        raise SpecError(where, "a case takes either lr_multiplier or schedule, not both")
+    from optspec.schedules import schedule_ref
+
+    return schedule_ref(table["schedule"], hyper["lr"], f"{where} schedule")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- variants
@@ -654,6 +767,7 @@ class SpecLibrary:
             for path in sorted(Path(directory).glob("*.toml")):
                 self._paths[path.stem] = (path, str(path))
         self._cache: dict[str, Spec] = {}
+        self._loading: list[str] = []
 
     @property
     def names(self) -> list[str]:
@@ -666,7 +780,13 @@ class SpecLibrary:
             raise UsageError(f"unknown rule {name!r} (known rules: {', '.join(self.names)})")
         if name not in self._cache:
             path, shown = self._paths[name]
-            self._cache[name] = load_spec(path, shown)
+            if name in self._loading:
+                raise SpecError(shown, f"composite spec cycle: {' -> '.join([*self._loading, name])}")
+            self._loading.append(name)
+            try:
+                self._cache[name] = load_spec(path, shown, self.get)
+            finally:
+                self._loading.pop()
         return self._cache[name]
 
     def all(self) -> list[Spec]:

@@ -14,26 +14,37 @@ from optspec.golden import check_all, default_golden_dir, write_all
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("golden", help="generate golden vectors from the specs (float64 reference)")
     add_spec_options(parser)
-    parser.add_argument("rules", nargs="*", help="only these rules (default: all)")
+    parser.add_argument("rules", nargs="*", help="only these rules or schedules (default: all rules and schedules)")
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
     parser.add_argument("--check", action="store_true", help="regenerate in memory and fail (exit 1) if any file differs")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from optspec.schedules import ScheduleLibrary, check_schedules, schedule_golden_dir, write_schedules
+
     library = library_from(args)
-    specs = [library.get(name) for name in (args.rules or library.names)]
+    schedules = ScheduleLibrary()
+    # Names may be rules or schedules (specs/schedules/); no names: all of both.
+    names = args.rules or [*library.names, *(f"schedule:{n}" for n in schedules.names)]
+    specs = [library.get(n) for n in names if not _is_schedule(n, library, schedules)]
+    schedule_specs = [schedules.get(n.removeprefix("schedule:")) for n in names if _is_schedule(n, library, schedules)]
     directory = args.dir or default_golden_dir()
     if args.check:
-        problems = check_all(specs, directory)
+        problems = check_all(specs, directory) + check_schedules(schedule_specs, schedule_golden_dir(directory))
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
             return 1
-        print(f"golden vectors of {len(specs)} rules in {directory} are current")
+        print(f"golden vectors of {len(specs)} rules and {len(schedule_specs)} schedules in {directory} are current")
         return 0
     if not directory.parent.exists():
         raise UsageError(f"{directory}: parent directory does not exist; pass --dir")
-    for path in write_all(specs, directory):
+    for path in [*write_all(specs, directory), *write_schedules(schedule_specs, schedule_golden_dir(directory))]:
         print(f"wrote {path}")
     return 0
+
+
+def _is_schedule(name: str, library: object, schedules: object) -> bool:
+    """``schedule:<name>``, or a name that only the schedule library knows."""
+    return name.startswith("schedule:") or (name not in library.names and name in schedules.names)  # type: ignore[attr-defined]

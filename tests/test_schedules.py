@@ -1,0 +1,169 @@
+"""Schedule specs, their golden vectors, the check harness, and a schedule driving a rule.
+
+Anchors are values that follow from the schedules' definitions (conventions.md §14), written
+here by hand, not taken from an implementation under test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optspec.cases import make_inputs
+from optspec.errors import GoldenError, SpecError
+from optspec.impls.schedule_base import ScheduleBinding, ScheduleCheck, ScheduleRun, run_schedule_check
+from optspec.schedules import (
+    ScheduleLibrary,
+    check_schedules,
+    compare_schedule,
+    parse_schedule,
+    read_schedule_golden,
+    schedule_golden_dir,
+)
+from optspec.spec import SpecLibrary, parse_spec
+
+GOLDEN = schedule_golden_dir(Path(__file__).parent.parent / "conformance" / "golden")
+LIB = ScheduleLibrary()
+
+
+def values(name: str, variant: dict[str, str] | None = None, **hyper: float) -> np.ndarray:
+    spec = LIB.get(name)
+    resolved = spec.resolve(variant or {})
+    h = spec.hyper_values(hyper)
+    return resolved.evaluate(h, 2 * resolved.horizon(h) + 1).lr
+
+
+def test_golden_vectors_are_current() -> None:
+    problems = check_schedules(LIB.all(), GOLDEN)
+    assert not problems, "stale schedule golden files (run `optspec golden`): " + "; ".join(problems)
+
+
+def test_onecycle_torch_and_optax_boundaries() -> None:
+    torch_conv = values("onecycle")
+    optax_conv = values("onecycle", {"convention": "optax"})
+    assert torch_conv[0] == pytest.approx(0.1 / 25, rel=1e-15), f"torch convention starts at max_lr/div: {torch_conv[0]}"
+    assert abs(torch_conv[29] - 0.1) < 1e-15, f"torch convention peaks at pct*T - 1 = 29: value {torch_conv[29]}"
+    assert torch_conv[99] == pytest.approx(0.1 / 25 / 1e4, rel=1e-12), f"torch convention ends at T - 1: {torch_conv[99]}"
+    assert len(torch_conv) == 101, f"torch convention is defined up to index T = 100 only, got {len(torch_conv)} values"
+    assert optax_conv[30] == pytest.approx(0.1, rel=1e-15), f"optax convention peaks at int(pct*T) = 30: {optax_conv[30]}"
+    assert optax_conv[29] < 0.1 - 1e-6, f"optax convention is still rising at 29: {optax_conv[29]}"
+    assert np.all(optax_conv[100:] == 0.1 / 25 / 1e4), "optax convention holds the final value from T on"
+
+
+def test_cosine_past_end_conventions() -> None:
+    clamped = values("cosine", eta_min=1e-3)
+    periodic = values("cosine", {"past_end": "periodic"}, eta_min=1e-3)
+    recursive = values("cosine", {"past_end": "recursive"}, eta_min=1e-3)
+    assert clamped[50] == pytest.approx(1e-3, rel=1e-12) and np.all(clamped[50:] == clamped[50]), "clamped holds eta_min"
+    assert periodic[100] == pytest.approx(0.1, rel=1e-14), f"periodic is back at lr at 2*T_max: {periodic[100]}"
+    assert np.max(np.abs(recursive - periodic) / periodic) < 1e-12, "the recursion equals the closed form up to rounding"
+    assert not np.array_equal(recursive, periodic), "the recursive form must round differently (the point of the variant)"
+
+
+def test_multistep_milestone_index_uses_decayed_value() -> None:
+    v = values("multistep")
+    assert (v[29], v[30], v[79], v[80]) == (0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1), f"milestones at 30 and 80: {v[28:32]}"
+
+
+def test_schedule_drives_rule_with_index_t_minus_1() -> None:
+    spec = SpecLibrary().get("adamw")
+    case = spec.case("multistep_schedule")
+    inputs = make_inputs(spec, case)
+    assert inputs.schedule is not None and inputs.schedule.name == "multistep", "the case must name its schedule spec"
+    expected = np.where(np.arange(100) < 30, 1.0, np.where(np.arange(100) < 70, 0.3, 0.3 * 0.3))
+    assert np.allclose(inputs.lr_multipliers, expected, rtol=1e-15, atol=0), (
+        f"s_t = value[t-1] / lr: step 31 is the first decayed one; got s_30..s_32 = {inputs.lr_multipliers[29:32]}"
+    )
+
+
+SCHEDULE_TOML = """
+name = "bad"
+title = "t"
+references = [{ title = "r" }]
+horizon = "T"
+phases = [ { label = "all", lr = "lr * nosuch" } ]
+[hyper.lr]
+default = 0.1
+domain = "[0, inf)"
+doc = "lr"
+[hyper.T]
+default = 5
+domain = "[1, inf)"
+doc = "T"
+"""
+
+
+def test_bad_schedule_spec_names_file_phase_and_name() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_schedule(SCHEDULE_TOML, "<bad>")
+    assert "phase 'all' lr" in str(info.value) and "unknown name 'nosuch'" in str(info.value), str(info.value)
+    with pytest.raises(SpecError) as info:
+        parse_schedule(SCHEDULE_TOML.replace("nosuch", "1").replace("[hyper.T]", "[hyper.T2]"), "<bad>")
+    assert "horizon" in str(info.value) and "'T'" in str(info.value), str(info.value)
+
+
+def test_bad_case_schedule_is_a_one_line_spec_error() -> None:
+    text = (Path(__file__).parent.parent / "specs" / "adamw.toml").read_text()
+    for schedule, message in [
+        ('{ name = "nosuch" }', "unknown schedule 'nosuch'"),
+        ('{ name = "multistep", hyper = { gamma = -1 } }', "outside its domain"),
+        ('{ name = "multistep", hyper = { lr = 1 } }', "schedule hyper 'lr' is the rule's lr"),
+    ]:
+        bad = text.replace(
+            'schedule = { name = "multistep", hyper = { first = 30, second = 70, gamma = 0.3 } }', f"schedule = {schedule}"
+        )
+        with pytest.raises(SpecError) as info:
+            parse_spec(bad, "<adamw>")
+        assert "case 'multistep_schedule'" in str(info.value) and message in str(info.value), str(info.value)
+        assert "\n" not in str(info.value), "errors are one line"
+
+
+def test_tampered_schedule_golden_is_refused(tmp_path: Path) -> None:
+    doc = json.loads((GOLDEN / "cosine.json").read_text())
+    doc["testGroups"][0]["tests"][0]["atol"]["float64"]["lr"][3] *= 2
+    path = tmp_path / "cosine.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(GoldenError, match="content hash mismatch"):
+        read_schedule_golden(path, LIB.get("cosine"))
+
+
+def test_comparison_catches_one_ulp_scale_error_and_says_where() -> None:
+    golden = read_schedule_golden(GOLDEN / "cosine.json", LIB.get("cosine"))
+    test = golden.tests[0]
+    good = test.expected["lr"].copy()
+    assert compare_schedule(test, {"lr": good}, "float64", "ctx").ok, "the golden values themselves must pass"
+    shifted = np.roll(good, 1)  # an off-by-one index convention
+    result = compare_schedule(test, {"lr": shifted}, "float64", "ctx")
+    assert not result.ok and "index n=0 (step t=1)" in result.message, result.message
+
+
+class _NeverRefuses:
+    """A fake implementation that extrapolates past OneCycleLR's end instead of raising."""
+
+    name = "fake"
+    dtypes = ("float64",)
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def binding(self, schedule: str) -> ScheduleBinding:
+        return ScheduleBinding(
+            schedule,
+            "fake",
+            {"convention": frozenset({"torch"}), "phases": frozenset({"two"}), "anneal": frozenset({"cos"})},
+            lambda h, v: None,
+        )
+
+    def run(self, binding, test, variant, dtype) -> ScheduleRun:  # type: ignore[no-untyped-def]
+        return ScheduleRun({"lr": [*test.expected["lr"], 0.0]})
+
+
+def test_undefined_indices_must_be_refused() -> None:
+    golden = read_schedule_golden(GOLDEN / "onecycle.json", LIB.get("onecycle"))
+    test = golden.find("defaults", {"convention": "torch", "phases": "two", "anneal": "cos"})
+    assert test is not None and test.defined_until == 101, "torch's one-cycle is defined for n <= total_steps"
+    result = run_schedule_check(ScheduleCheck(LIB.get("onecycle"), _NeverRefuses(), test, "float64", golden))
+    assert result.status == "fails" and "must raise" in result.message, result.message
