@@ -11,22 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from optspec.impls.schedule_base import ScheduleCheck, all_schedule_implementations, run_schedule_check
-from optspec.schedules import ScheduleLibrary, read_schedule_golden, schedule_golden_dir
+from optspec.impls.schedule_base import ScheduleCheck, enumerate_schedule_checks, run_schedule_check
+from optspec.schedules import ScheduleLibrary
 
 from .conftest import GOLDEN_DIR
 
-_LIBRARY = ScheduleLibrary()
-_DIR = schedule_golden_dir(GOLDEN_DIR)
-_CHECKS = [
-    ScheduleCheck(spec, impl, test, dtype, golden)
-    for spec in _LIBRARY.all()
-    for golden in [read_schedule_golden(_DIR / f"{spec.name}.json", spec)]
-    for impl in all_schedule_implementations()
-    if impl.unavailable() is not None or impl.binding(spec.name) is not None
-    for test in golden.tests
-    for dtype in impl.dtypes
-]
+_CHECKS = enumerate_schedule_checks(ScheduleLibrary(), GOLDEN_DIR)
 
 
 @pytest.mark.parametrize("check", _CHECKS, ids=[c.id for c in _CHECKS])

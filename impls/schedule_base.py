@@ -319,3 +319,22 @@ def all_schedule_implementations() -> list[ScheduleImplementation]:
 def int_hyper(hyper: Mapping[str, float], name: str) -> int:
     """An integer hyperparameter as a Python int (the spec's domain guarantees integrality)."""
     return round(hyper[name])
+
+
+def enumerate_schedule_checks(library: Any, golden_dir: Any, names: Any = None) -> list[ScheduleCheck]:
+    """Every schedule x implementation x golden test x dtype (``names`` restricts the schedules)."""
+    from optspec.schedules import read_schedule_golden, schedule_golden_dir
+
+    directory = schedule_golden_dir(golden_dir)
+    checks = []
+    for spec in library.all():
+        if names and spec.name not in names:
+            continue
+        golden = read_schedule_golden(directory / f"{spec.name}.json", spec)
+        for impl in all_schedule_implementations():
+            if impl.unavailable() is None and impl.binding(spec.name) is None:
+                continue
+            for test in golden.tests:
+                for dtype in impl.dtypes:
+                    checks.append(ScheduleCheck(spec, impl, test, dtype, golden))
+    return checks

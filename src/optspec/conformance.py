@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -238,11 +238,12 @@ class Cell:
     skips: list[str] = field(default_factory=list)
 
 
-def matrix(results: Iterable[CheckResult]) -> dict[str, dict[str, Cell]]:
-    """rule -> implementation -> cell: error > fails > known deviation > conforms > skipped."""
+def matrix(results: Iterable[Any]) -> dict[str, dict[str, Cell]]:
+    """rule (or schedule) -> implementation -> cell: error > fails > known deviation > conforms > skipped."""
     table: dict[str, dict[str, Cell]] = {}
     for result in results:
-        cell = table.setdefault(result.rule, {}).setdefault(result.implementation, Cell())
+        row = getattr(result, "rule", None) or result.schedule
+        cell = table.setdefault(row, {}).setdefault(result.implementation, Cell())
         cell.counts[result.status] = cell.counts.get(result.status, 0) + 1
         if result.status in ("fails", "error"):
             cell.failures.append(result.message)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from optspec.commands import add_spec_options, library_from
 from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, run_check
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
 from optspec.impls import all_implementations, implementation
+from optspec.impls.schedule_base import enumerate_schedule_checks, run_schedule_check
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run conformance of every installed implementation (main job)")
     add_spec_options(parser)
     parser.add_argument("--rule", action="append", default=[], help="only this rule (repeatable)")
+    parser.add_argument("--schedule", action="append", default=[], help="only this LR schedule (repeatable)")
     parser.add_argument("--impl", action="append", default=[], help="only this implementation (repeatable)")
     parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="only this dtype (repeatable)")
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
@@ -30,20 +34,24 @@ def run(args: argparse.Namespace) -> int:
     library = library_from(args)
     for rule in args.rule:
         library.get(rule)
+    directory = args.dir or default_golden_dir()
     impls = [implementation(name) for name in args.impl] if args.impl else all_implementations()
-    goldens = load_goldens(library, args.dir or default_golden_dir(), args.rule or None)
-    checks = enumerate_checks(library, goldens, impls, tuple(args.dtype) or DTYPES)
-    if not checks:
+    run_rules = bool(args.rule) or not args.schedule
+    run_schedules = (bool(args.schedule) or not args.rule) and not args.impl
+    checks = []
+    if run_rules:
+        goldens = load_goldens(library, directory, args.rule or None)
+        checks = enumerate_checks(library, goldens, impls, tuple(args.dtype) or DTYPES)
+    schedule_checks = _schedule_checks(args, directory) if run_schedules else []
+    if not checks and not schedule_checks:
         raise UsageError("nothing to run for this selection")
-    results: list[CheckResult] = []
-    for index, check in enumerate(checks, 1):
-        results.append(run_check(check))
-        if not args.quiet and sys.stderr.isatty():
-            print(f"\r{index}/{len(checks)} checks", end="", file=sys.stderr)
-    if not args.quiet and sys.stderr.isatty():
-        print(file=sys.stderr)
-    table = matrix(results)
-    print_matrix(table, [i.name for i in impls])
+    results: list[CheckResult] = [run_check(check) for check in _progress(checks, args.quiet)]
+    schedule_results = [run_schedule_check(check) for check in _progress(schedule_checks, args.quiet)]
+    if results:
+        print_matrix(matrix(results), [i.name for i in impls])
+    if schedule_results:
+        print_matrix(matrix(schedule_results), sorted({r.implementation for r in schedule_results}), "schedule")
+    results = [*results, *schedule_results]
     unavailable = {i.name: i.unavailable() for i in impls if i.unavailable()}
     for name, reason in unavailable.items():
         print(f"not run: {name}: {reason}")
@@ -66,11 +74,30 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def print_matrix(table: dict, implementations: list[str]) -> None:
-    width = max([len(r) for r in table] + [4])
+def _schedule_checks(args: argparse.Namespace, directory: Path) -> list:
+    from optspec.schedules import ScheduleLibrary
+
+    library = ScheduleLibrary()
+    for name in args.schedule:
+        library.get(name)
+    return enumerate_schedule_checks(library, directory, set(args.schedule) or None)
+
+
+def _progress(checks: list, quiet: bool) -> Iterator:
+    show = not quiet and sys.stderr.isatty()
+    for index, check in enumerate(checks, 1):
+        if show:
+            print(f"\r{index}/{len(checks)} checks", end="", file=sys.stderr)
+        yield check
+    if show and checks:
+        print(file=sys.stderr)
+
+
+def print_matrix(table: dict, implementations: list[str], what: str = "rule") -> None:
+    width = max([len(r) for r in table] + [len(what)])
     columns = [i for i in implementations if any(i in row for row in table.values())]
     widths = [max(len(c), 15) for c in columns]
-    print("rule".ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print(what.ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for rule in sorted(table):
         cells = [table[rule][c].status if c in table[rule] else "-" for c in columns]
         print(rule.ljust(width) + "  " + "  ".join(s.ljust(w) for s, w in zip(cells, widths)))
@@ -85,7 +112,21 @@ def print_matrix(table: dict, implementations: list[str]) -> None:
         print()
 
 
-def result_json(result: CheckResult) -> dict:
+def result_json(result: Any) -> dict:
+    if not isinstance(result, CheckResult):  # a schedule check
+        return {
+            "id": result.check_id,
+            "schedule": result.schedule,
+            "implementation": result.implementation,
+            "test": result.test,
+            "dtype": result.dtype,
+            "status": result.status,
+            "message": result.message,
+            "comparedVariant": dict(result.compared_variant),
+            "profile": result.profile,
+            "deviations": [d.id for d in result.deviations],
+            "worstRatio": result.worst_ratio,
+        }
     return {
         "id": result.check_id,
         "rule": result.rule,

@@ -24,6 +24,16 @@ def run(args: argparse.Namespace) -> int:
     for spec in library.all():
         golden = read_golden(directory / f"{spec.name}.json", spec)
         count += len(golden.tests)
+    from optspec.schedules import ScheduleLibrary, read_schedule_golden, schedule_golden_dir
+
+    schedules = ScheduleLibrary()
+    schedule_tests = 0
+    for schedule in schedules.all():
+        golden = read_schedule_golden(schedule_golden_dir(directory) / f"{schedule.name}.json", schedule)
+        schedule_tests += len(golden.tests)
     registry = deviations()
-    print(f"{len(library.names)} specs, {count} golden tests and {len(registry)} known deviations are valid")
+    print(
+        f"{len(library.names)} rule specs with {count} golden tests, {len(schedules.names)} schedules with "
+        f"{schedule_tests} golden tests and {len(registry)} known deviations are valid"
+    )
     return 0
