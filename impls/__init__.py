@@ -10,10 +10,11 @@ from optspec.impls.base import Implementation
 
 
 def all_implementations() -> list[Implementation]:
+    from optspec.impls.cuda.adapter import IMPLEMENTATIONS as CUDA
     from optspec.impls.optax_jax import IMPLEMENTATIONS as OPTAX
     from optspec.impls.torch_optim import IMPLEMENTATIONS as TORCH
 
-    return [*TORCH, *OPTAX]
+    return [*TORCH, *OPTAX, *CUDA]
 
 
 def implementation(name: str) -> Implementation:
