@@ -99,7 +99,7 @@ class Deviation:
     """A deliberate library choice, from ``deviations.toml``."""
 
     id: str
-    kind: str  # "variant" or "precision"
+    kind: str  # "variant", "precision" or "storage"
     implementations: tuple[str, ...]
     reason: str
     upstream: tuple[str, ...]
@@ -109,6 +109,8 @@ class Deviation:
     implements: str | None = None
     dtype: str | None = None
     profile: str | None = None
+    #: storage: state slots the library holds in binary32 whatever the parameter dtype
+    slots: tuple[str, ...] = ()
 
     def applies_to(self, implementation: str) -> bool:
         return any(fnmatch.fnmatchcase(implementation, pattern) for pattern in self.implementations)
@@ -117,6 +119,8 @@ class Deviation:
     def summary(self) -> str:
         if self.kind == "variant":
             return f"{self.knob}={self.implements} instead of {self.knob}={self.asked}"
+        if self.kind == "storage":
+            return f"state {', '.join(self.slots)} stored in float32 in {self.dtype} runs"
         return f"{self.dtype} arithmetic profile {self.profile}"
 
 
@@ -233,6 +237,23 @@ _REGISTRY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "storage": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "rule", "implementations", "dtype", "slots", "reason", "upstream"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "rule": {"type": "string"},
+                    "implementations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "dtype": {"enum": ["float64"]},
+                    "slots": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "reason": {"type": "string", "minLength": 20},
+                    "upstream": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                },
+            },
+        },
         # Learning-rate schedule deviations: validated and read by optspec.impls.schedule_base.
         "schedule": {"type": "array", "items": {"type": "object"}},
     },
@@ -287,6 +308,19 @@ def parse_registry(text: str, shown: str) -> tuple[Deviation, ...]:
                 profile=item["profile"],
             )
         )
+    for item in table.get("storage", []):
+        out.append(
+            Deviation(
+                id=item["id"],
+                kind="storage",
+                implementations=tuple(item["implementations"]),
+                reason=item["reason"],
+                upstream=tuple(item["upstream"]),
+                rule=item["rule"],
+                dtype=item["dtype"],
+                slots=tuple(item["slots"]),
+            )
+        )
     ids = [d.id for d in out]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -301,6 +335,18 @@ def find_variant_deviation(rule: str, implementation: str, knob: str, asked: str
             and deviation.rule == rule
             and deviation.knob == knob
             and deviation.asked == asked
+            and deviation.applies_to(implementation)
+        ):
+            return deviation
+    return None
+
+
+def find_storage_deviation(rule: str, implementation: str, dtype: str) -> Deviation | None:
+    for deviation in deviations():
+        if (
+            deviation.kind == "storage"
+            and deviation.rule == rule
+            and deviation.dtype == dtype
             and deviation.applies_to(implementation)
         ):
             return deviation

@@ -373,6 +373,7 @@ BINDINGS: dict[str, Binding] = {
         target="optax.lamb",
         hyper={"beta1": "b1", "beta2": "b2", "weight_decay": "weight_decay"},
         variants={
+            "guard": {"either": Support()},
             "clip": {"none": Support()},
             "decay": {"in_ratio": Support()},
             "bias_correction": {"on": Support()},

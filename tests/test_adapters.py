@@ -114,3 +114,18 @@ def test_registry_errors_are_one_line(text: str, message: str) -> None:
     with pytest.raises(AdapterError) as info:
         parse_registry(text, "impls/test.toml")
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_storage_deviation_models_what_torch_stores() -> None:
+    """torch.optim.NAdam keeps mu_product in float32: checked against that model, named, not hidden."""
+    pytest.importorskip("torch")
+    goldens = load_goldens(LIBRARY, GOLDEN, ["nadam"])
+    checks = [
+        c
+        for c in enumerate_checks(LIBRARY, goldens, [implementation("torch.for-loop")], dtypes=("float64",))
+        if c.test.case == "knobs" and c.test.variant == LIBRARY.get("nadam").default_variant()
+    ]
+    (result,) = [run_check(c) for c in checks]
+    assert result.status == "deviation", result.message
+    assert [d.id for d in result.deviations] == ["torch-nadam-mu-product-float32"], result.deviations
+    assert result.profile == "float64", "the storage model must be checked under the unchanged float64 budget"

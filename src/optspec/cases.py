@@ -14,6 +14,8 @@ idx   shape      gradient profile (``standard``)
 4     (2, 3, 4)  N(0, 1) * 10**U(log10(small), 0) per element (mixed scales)
 ====  =========  ===============================================================
 
+Initial parameters are N(0, 1), except that the tensors a case lists in ``zero_params``
+start at exactly zero (zero-initialised biases, where trust ratios need their guard).
 ``zero`` gives exactly zero gradients. All values are rounded to binary32, so that a
 float32 implementation receives exactly the inputs the float64 reference used.
 """
@@ -53,6 +55,8 @@ def make_inputs(spec: Spec, case: CaseSpec) -> CaseInputs:
     rng = np.random.default_rng(zlib.crc32(f"{spec.name}/{case.id}".encode()))
     steps = case.steps
     params = tuple(_f32(rng.standard_normal(shape)) for shape in SHAPES)
+    if case.zero_params:
+        params = tuple(np.zeros_like(p) if i in case.zero_params else p for i, p in enumerate(params))
     if case.grads == "zero":
         grads = tuple(np.zeros((steps, *shape)) for shape in SHAPES)
     else:

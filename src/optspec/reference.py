@@ -23,7 +23,7 @@ variant amplify.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,6 +186,24 @@ class _Compiler:
         return (lambda env: np.where(cond(env), a(env), b(env)).astype(as_type, copy=False)), kind
 
 
+class _Binary32Compiler(_Compiler):
+    """Every operand is rounded to binary32 and every operation is done in binary32: how an
+    in-place update of a float32 tensor (``x *= y`` in torch) computes, whatever the
+    precision of the values it reads."""
+
+    def dtype(self, kind: str) -> type[np.floating[Any]]:
+        return np.float32
+
+    def compile(self, expr: Expr) -> tuple[Fn, str]:
+        if isinstance(expr, Num):
+            value = np.float32(expr.value)
+            return (lambda env: value), "const"
+        if isinstance(expr, Name):
+            name = expr.id
+            return (lambda env: np.asarray(env[name], dtype=np.float32)[()]), self.kinds[name]
+        return super().compile(expr)
+
+
 @dataclass
 class CompiledRule:
     """A resolved rule compiled for one precision."""
@@ -196,7 +214,10 @@ class CompiledRule:
     inits: list[tuple[str, Fn, str]]
 
     @classmethod
-    def build(cls, rule: ResolvedRule, precision: Precision) -> CompiledRule:
+    def build(cls, rule: ResolvedRule, precision: Precision, store32: Collection[str] = ()) -> CompiledRule:
+        """``store32`` names state slots that a library keeps in float32 whatever the parameter
+        dtype (see the registry's [[storage]]): their equations compute in binary32 from
+        operands rounded to binary32, as an in-place update of a float32 tensor does."""
         kinds = dict(rule.kinds)
         constants = frozenset(rule.spec.hyper)
         compiler = _Compiler(kinds, precision, constants)
@@ -206,8 +227,9 @@ class CompiledRule:
         steps: list[tuple[str, Fn]] = []
         flow: dict[str, str] = {n: k for n, k in kinds.items() if n not in rule.writes or n in rule.state or n == "theta"}
         for loc in rule.equations:
-            fn, kind = _Compiler(flow, precision, constants).compile(loc.equation.expr)
             target = loc.equation.target
+            compiler_class = _Binary32Compiler if target in store32 else _Compiler
+            fn, kind = compiler_class(flow, precision, constants).compile(loc.equation.expr)
             if target not in rule.state and target != "theta":
                 flow[target] = kind
             steps.append((target, _store(fn, kind, target, rule, precision)))
@@ -288,12 +310,15 @@ def run_reference(
     inputs: CaseInputs,
     precision: Precision = FLOAT64,
     record: Sequence[int] = (),
+    store32: Collection[str] = (),
 ) -> Trajectory:
     """Run ``inputs.steps`` steps and return parameters and state at the ``record`` steps.
 
     Values are returned as float64 arrays whatever the precision of the arithmetic.
+    ``store32`` names state slots held in binary32 whatever the precision (see
+    :meth:`CompiledRule.build`).
     """
-    compiled = CompiledRule.build(rule, precision)
+    compiled = CompiledRule.build(rule, precision, store32)
     scalar, tensor = precision.scalar, precision.tensor
     # Hyperparameters are constants: float64, rounded where they meet step-dependent values.
     hyper_values = {name: np.float64(value) for name, value in hyper.items()}

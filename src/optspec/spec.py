@@ -174,6 +174,8 @@ class CaseSpec:
     steps: int
     #: a schedule spec driving the lr (an optspec.schedules.ScheduleRef), or None
     schedule: object | None = None
+    #: indices of tensors that start at exactly zero (zero-initialised biases; trust-ratio guards)
+    zero_params: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -545,6 +547,7 @@ def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec
                 lr_multiplier_text=None if lr_text is None else str(lr_text),
                 steps=int(table.get("steps", DEFAULT_STEPS)),
                 schedule=_case_schedule(table, lr_text, hyper, where),
+                zero_params=tuple(int(i) for i in table.get("zero_params", [])),
             )
         )
     return tuple(cases)
