@@ -1,0 +1,1 @@
+"""asv benchmark suite of optspec (see ../README.md)."""

@@ -1,0 +1,67 @@
+"""``optspec check RULE TARGET``: does a third-party optimizer implement a rule correctly?
+
+Exit 0 when it conforms, 1 when it does not (with a diagnosis of what it does instead),
+2 for bad input (unknown rule or variant, target not importable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from optspec.commands import add_spec_options, library_from
+from optspec.errors import UsageError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check a third-party optimizer (torch.optim.Optimizer subclass or optax factory) against a rule",
+        description=(
+            "Run TARGET (module:attribute) on the rule's cases in float64 and float32 against the float64 reference, "
+            "diagnose what it implements when it does not conform, and run behavioural checks."
+        ),
+    )
+    add_spec_options(parser)
+    parser.add_argument("rule", help="the rule the target claims to implement, e.g. adamw")
+    parser.add_argument("target", help="MODULE:ATTRIBUTE, e.g. torch.optim:AdamW or optax:adamw")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="KNOB=VALUE", help="the variant the target claims (repeatable)"
+    )
+    parser.add_argument(
+        "--hyper", action="append", default=[], metavar="NAME=VALUE", help="override a hyperparameter in every case (repeatable)"
+    )
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="SPEC=THEIRS",
+        help="the target's keyword for a spec hyperparameter, e.g. --map beta1=b1 (repeatable)",
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the full result as JSON (atomically)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="time limit of each run (default 60)")
+    parser.add_argument("--no-behaviour", action="store_true", help="skip the behavioural checks")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from optspec.checking.runner import check, format_report, write_json
+
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be positive")
+    report = check(
+        args.rule,
+        args.target,
+        library=library_from(args),
+        variant=args.variant,
+        hypers=args.hyper,
+        maps=args.map,
+        timeout=args.timeout,
+        behaviour=not args.no_behaviour,
+    )
+    print(format_report(report))
+    if args.json is not None:
+        write_json(report, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return report.exit_code

@@ -1,0 +1,35 @@
+"""``optspec report``: run the conformance matrix and write HTML, Markdown and JSON pages."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from optspec.commands import add_spec_options, library_from
+from optspec.conformance import DTYPES
+from optspec.golden import default_golden_dir
+from optspec.impls import all_implementations, implementation
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="write the conformance report (HTML, Markdown, JSON, plots) to reports/")
+    add_spec_options(parser)
+    parser.add_argument("--rule", action="append", default=[], help="only this rule (repeatable)")
+    parser.add_argument("--impl", action="append", default=[], help="only this implementation (repeatable)")
+    parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="only this dtype (repeatable)")
+    parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default: reports)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from optspec.report import collect, write_report
+
+    library = library_from(args)
+    for rule in args.rule:
+        library.get(rule)
+    impls = [implementation(name) for name in args.impl] if args.impl else all_implementations()
+    data = collect(library, args.dir or default_golden_dir(), impls, args.rule or None, tuple(args.dtype) or DTYPES)
+    for path in write_report(data, args.out):
+        print(f"wrote {path}")
+    return 0
