@@ -62,6 +62,18 @@ def test_invalid_combinations_skip_with_a_reason() -> None:
         suite.make_bench("adam", "mxnet", "flat-1M", "float32")
 
 
+def test_native_cuda_hook_finds_the_cuda_package() -> None:
+    """optspec.impls.cuda's CUDA implementation is picked up; its CPU emulation is not."""
+    names = [impl.name for impl in suite.native_implementations()]
+    assert all("host" not in name for name in names)
+    try:
+        import optspec.impls.cuda.adapter as adapter
+    except ImportError:
+        pytest.skip("no optspec.impls.cuda.adapter in this checkout")
+    cuda = [impl.name for impl in adapter.IMPLEMENTATIONS if getattr(impl, "backend", "") == "cuda"]
+    assert names[: len(cuda)] == cuda
+
+
 def test_minimum_bytes_come_from_the_spec() -> None:
     prepared = suite.prepare("adam", "flat-1M", "float32")
     assert prepared.min_bytes(prepared.variant) == 28 * (1 << 20)

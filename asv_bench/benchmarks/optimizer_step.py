@@ -114,19 +114,61 @@ class NativeStepper(Protocol):
 
 
 def native_implementations() -> list[Any]:
-    """Implementations ``optspec.impls.cuda`` exposes as ``IMPLEMENTATIONS`` (empty if none).
+    """Native CUDA implementations ``optspec.impls.cuda`` exposes (empty if none).
 
-    The hook: an exposed implementation follows ``optspec.impls.base.Implementation``
-    (``name``, ``unavailable()``, ``binding(rule)``) and adds
-    ``make_benchmark_step(plan, hyper, params, grads, state_dtype) -> NativeStepper`` where
-    ``params`` and ``grads`` are lists of CUDA ``torch.Tensor`` updated in place. Importing
-    the package must not initialise CUDA. Anything missing skips the benchmark with a reason.
+    Looked up as ``IMPLEMENTATIONS`` in ``optspec.impls.cuda`` or its ``adapter`` module; an
+    implementation is native CUDA when its ``framework`` is ``"cuda"`` and it is not the CPU
+    emulation (``backend == "host"``). Each follows ``optspec.impls.base.Implementation``.
+    It is stepped by its ``make_benchmark_step(plan, hyper, params, grads, state_dtype)``
+    (a :class:`NativeStepper`) if it has one, else by ``optspec.impls.cuda.adapter.cuda_stepper``
+    (a multi-tensor runner over caller-owned CUDA tensors). Importing these modules must not
+    initialise CUDA; anything missing skips the benchmark with a reason.
     """
+    found: list[Any] = []
+    for module_name in ("optspec.impls.cuda", "optspec.impls.cuda.adapter"):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:  # an unbuilt or broken CUDA package must not break the whole suite
+            continue
+        for impl in getattr(module, "IMPLEMENTATIONS", ()):
+            native = getattr(impl, "framework", "cuda") == "cuda" and getattr(impl, "backend", "cuda") != "host"
+            if native and all(impl.name != other.name for other in found):
+                found.append(impl)
+    return found
+
+
+def native_stepper(impl: Any, plan: Any, hyper: Mapping[str, float], params: list[Any], grads: list[Any]) -> NativeStepper:
+    """A :class:`NativeStepper` from the implementation's hook or from ``cuda_stepper``."""
+    import torch
+
+    make = getattr(impl, "make_benchmark_step", None)
+    if make is not None:
+        return make(plan, hyper, params, grads, torch.float32)
     try:
-        module = importlib.import_module("optspec.impls.cuda")
-    except Exception:  # an unbuilt or broken CUDA package must not break the whole suite
-        return []
-    return list(getattr(module, "IMPLEMENTATIONS", ()))
+        from optspec.impls.cuda.adapter import cuda_stepper
+    except ImportError:
+        raise NotImplementedError(
+            f"{impl.name} has no make_benchmark_step(plan, hyper, params, grads, state_dtype) and "
+            "optspec.impls.cuda.adapter has no cuda_stepper"
+        ) from None
+    runner = cuda_stepper(plan.binding.rule, params, grads, hyper, plan.run_variant)
+    return _RunnerStepper(runner, float(hyper["lr"]))
+
+
+class _RunnerStepper:
+    """``cuda_stepper``'s runner as a :class:`NativeStepper` (constant lr, step count kept here)."""
+
+    def __init__(self, runner: Any, lr: float) -> None:
+        self.runner = runner
+        self.lr = lr
+        self.t = 0
+
+    def __call__(self) -> None:
+        self.t += 1
+        self.runner.step(self.t, self.lr, 1.0)
+
+    def state_tensors(self) -> list[Any]:
+        return [buffer for tensor in self.runner.state for buffer in tensor]
 
 
 def implementation_names() -> list[str]:
@@ -471,10 +513,16 @@ class OptaxBench:
         self.grads = [
             (1e-3 * jax.random.normal(keys[2 * i + 1], s, jnp.float32)).astype(dtype) for i, s in enumerate(prepared.shapes)
         ]
+
         # State initialised from float32 values stays float32 (optax promotes, then casts the
         # update to the parameter dtype in apply_updates); checked below.
-        self.state = tx.init(master)
-        self.params = [p.astype(dtype) for p in master]
+        # Distinct buffers for every leaf: parameters and state are donated, and a state that
+        # holds the parameters themselves (lookahead's slow weights) would be donated twice.
+        def fresh(leaf: Any) -> Any:
+            return jnp.array(leaf, copy=True) if isinstance(leaf, jax.Array) else leaf
+
+        self.state = jax.tree_util.tree_map(fresh, tx.init(master))
+        self.params = [jnp.array(p, dtype=dtype, copy=True) for p in master]
         del master
 
         def update(params: Any, state: Any, grads: Any) -> Any:
@@ -524,7 +572,7 @@ class NativeBench(TorchBench):
     def __init__(self, prepared: Prepared, implementation: str) -> None:
         available = native_implementations()
         if not available:
-            raise NotImplementedError("optspec.impls.cuda exposes no IMPLEMENTATIONS (no native CUDA implementation yet)")
+            raise NotImplementedError("optspec.impls.cuda exposes no native CUDA implementation")
         wanted = implementation.partition(":")[2]
         impl = next((i for i in available if i.name == wanted), None) if wanted else available[0]
         if impl is None:
@@ -537,9 +585,6 @@ class NativeBench(TorchBench):
         reason = impl.unavailable()
         if reason is not None:
             raise NotImplementedError(f"{impl.name}: {reason}")
-        make = getattr(impl, "make_benchmark_step", None)
-        if make is None:
-            raise NotImplementedError(f"{impl.name} has no make_benchmark_step(plan, hyper, params, grads, state_dtype) hook")
         plan = _plan(impl, prepared)
         self.device = "cuda"
         self.min_bytes = functools.partial(prepared.min_bytes, plan.run_variant)
@@ -549,7 +594,7 @@ class NativeBench(TorchBench):
         generator = torch.Generator(device="cuda").manual_seed(0)
         params = [torch.randn(s, generator=generator, device="cuda").mul_(0.1).to(dtype) for s in prepared.shapes]
         grads = [torch.randn(s, generator=generator, device="cuda").mul_(1e-3).to(dtype) for s in prepared.shapes]
-        self.stepper = make(plan, prepared.hyper, params, grads, torch.float32)
+        self.stepper = native_stepper(impl, plan, prepared.hyper, params, grads)
         self._step = self.stepper
         for _ in range(2):
             self.step()
@@ -558,14 +603,14 @@ class NativeBench(TorchBench):
     def state_bytes(self) -> int:
         tensors = getattr(self.stepper, "state_tensors", None)
         if tensors is None:
-            raise NotImplementedError("the native stepper has no state_tensors()")
+            return -1  # the implementation does not say; asv records -1, not a guess
         return sum(t.numel() * t.element_size() for t in tensors())
 
 
 def make_bench(rule: str, implementation: str, param_set: str, dtype: str) -> StepBench:
     """Build the benchmark of one combination; ``NotImplementedError`` says why it cannot run."""
     if implementation.startswith(NATIVE) and not native_implementations():
-        raise NotImplementedError("optspec.impls.cuda exposes no IMPLEMENTATIONS (no native CUDA implementation yet)")
+        raise NotImplementedError("optspec.impls.cuda exposes no native CUDA implementation")
     prepared = prepare(rule, param_set, dtype)
     if implementation in TORCH_PATHS:
         bench: StepBench = TorchBench(prepared, implementation)

@@ -140,8 +140,8 @@ def compare(
                     scale = np.maximum(np.abs(want), np.finfo(np.float64).tiny)
                     rel = float((diff / scale).max()) if diff.size else 0.0
                     where = int(np.argmax(diff)) if diff.size else 0
-                    flat_got = got.reshape(-1)[where] if got.size else float("nan")
-                    flat_want = want.reshape(-1)[where] if want.size else float("nan")
+                    flat_got = float(got.reshape(-1)[where]) if got.size else float("nan")
+                    flat_want = float(want.reshape(-1)[where]) if want.size else float("nan")
                     what = "non-finite value" if not finite.all() else f"max abs error {max_abs:.3e} > budget {budget:.3e}"
                     first = (
                         f"{context}: step {step}, tensor {index} {shape}, slot {slot}: {what} "

@@ -35,7 +35,7 @@ from optspec import __version__
 from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, run_check
 from optspec.golden import write_atomic
 from optspec.impls.base import Implementation
-from optspec.spec import SpecLibrary, variant_label
+from optspec.spec import SpecLibrary
 
 STATUS_ORDER = ("error", "fails", "known deviation", "conforms", "skipped")
 
@@ -323,7 +323,3 @@ def write_report(data: ReportData, directory: Path) -> list[Path]:
         write_atomic(directory / name, text)
         written.append(directory / name)
     return written
-
-
-def status_label(result: CheckResult) -> str:
-    return f"{result.status} ({variant_label(result.compared_variant)})"
