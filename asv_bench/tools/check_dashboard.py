@@ -58,7 +58,7 @@ def chromium(binary: str, profile: Path, url: str, *extra: str) -> str:
 
 
 def graph_file(html: Path, name: str) -> Path:
-    files = sorted(html.glob(f"graphs/branch-*/machine-*/**/{name}.json"))
+    files = sorted(p for p in html.glob(f"graphs/branch-*/**/{name}.json") if "/machine-" in str(p))
     if not files:
         raise AssertionError(f"{name}: no graph data under {html}/graphs")
     return files[0]
