@@ -245,6 +245,30 @@ def run_check(check: Check) -> CheckResult:
     return CheckResult(**base, status="conforms", message="", **extra)
 
 
+def result_record(result: CheckResult) -> dict[str, Any]:
+    """A check result as JSON-ready data (non-finite numbers as strings)."""
+
+    def num(x: float) -> float | str:
+        return x if np.isfinite(x) else str(x)
+
+    return {
+        "id": result.check_id,
+        "rule": result.rule,
+        "implementation": result.implementation,
+        "test": result.test,
+        "case": result.case,
+        "dtype": result.dtype,
+        "variant": dict(result.variant),
+        "status": result.status,
+        "message": result.message,
+        "comparedVariant": dict(result.compared_variant),
+        "profile": result.profile,
+        "deviations": [d.id for d in result.deviations],
+        "slots": list(result.compared_slots),
+        "errors": [{"step": e.step, "slot": e.slot, "maxAbs": num(e.max_abs), "budget": num(e.budget)} for e in result.errors],
+    }
+
+
 def _stored_in_binary32(spec: Spec, test: GoldenTest, slots: Sequence[str]) -> Trajectory:
     rule = spec.resolve(test.variant)
     return run_reference(rule, test.hyper, test.inputs, FLOAT64, test.steps, store32=slots)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from optspec import __version__
-from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, run_check
+from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record, run_check
 from optspec.golden import write_atomic
 from optspec.impls.base import Implementation
 from optspec.spec import SpecLibrary
@@ -69,27 +69,6 @@ def collect(
 
 
 # --------------------------------------------------------------------------- data
-
-
-def result_json(result: CheckResult) -> dict[str, Any]:
-    def num(x: float) -> float | str:
-        return x if x == x and abs(x) != float("inf") else str(x)
-
-    return {
-        "id": result.check_id,
-        "rule": result.rule,
-        "implementation": result.implementation,
-        "test": result.test,
-        "case": result.case,
-        "dtype": result.dtype,
-        "variant": dict(result.variant),
-        "status": result.status,
-        "message": result.message,
-        "comparedVariant": dict(result.compared_variant),
-        "profile": result.profile,
-        "deviations": [d.id for d in result.deviations],
-        "errors": [{"step": e.step, "slot": e.slot, "maxAbs": num(e.max_abs), "budget": num(e.budget)} for e in result.errors],
-    }
 
 
 def follows(results: Iterable[CheckResult]) -> str:
@@ -133,7 +112,7 @@ def document(data: ReportData) -> dict[str, Any]:
         "implementations": list(data.implementations),
         "unavailable": dict(data.unavailable),
         "matrix": cells,
-        "results": [result_json(r) for r in data.results],
+        "results": [result_record(r) for r in data.results],
     }
 
 

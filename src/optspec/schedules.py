@@ -34,7 +34,6 @@ When a schedule drives a rule, the rule's multiplier is s_t = value[t - 1] / eta
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import tomllib
@@ -52,7 +51,7 @@ from optspec import __version__
 from optspec.errors import ExprError, GoldenError, SpecError, UsageError
 from optspec.expr import REDUCTIONS, Call, Expr, names_in, parse_equation, parse_expr
 from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, Precision, Trajectory, _Compiler
-from optspec.spec import Domain, Hyper, spec_hash, variant_label
+from optspec.spec import Domain, Hyper, SpecDeclarations, spec_hash, variant_label
 from optspec.tolerance import FLOOR_ULPS, PROFILES, K, budgets
 
 INDEX_CONVENTION = (
@@ -122,7 +121,7 @@ class ScheduleCase:
 
 
 @dataclass(frozen=True)
-class ScheduleSpec:
+class ScheduleSpec(SpecDeclarations):
     """One learning-rate schedule as declared in its TOML file."""
 
     name: str
@@ -145,55 +144,6 @@ class ScheduleSpec:
     @property
     def where(self) -> str:
         return f"{self.path}: schedule {self.name!r}"
-
-    def default_variant(self) -> dict[str, str]:
-        return {knob.name: knob.default for knob in self.knobs.values()}
-
-    def full_variant(self, partial: Mapping[str, str] | None = None, where: str | None = None) -> dict[str, str]:
-        """The default variant with ``partial`` applied; unknown knobs or values are errors."""
-        variant = self.default_variant()
-        for knob_name, value in (partial or {}).items():
-            if knob_name not in self.knobs:
-                raise SpecError(
-                    where or self.where, f"unknown variant knob {knob_name!r} (knobs: {', '.join(self.knobs) or 'none'})"
-                )
-            if value not in self.knobs[knob_name].values:
-                values = ", ".join(self.knobs[knob_name].values)
-                raise SpecError(where or self.where, f"knob {knob_name!r} has no value {value!r} (values: {values})")
-            variant[knob_name] = value
-        return variant
-
-    def all_combos(self) -> list[dict[str, str]]:
-        names = list(self.knobs)
-        return [dict(zip(names, values)) for values in itertools.product(*(self.knobs[n].values for n in names))]
-
-    def golden_combos(self) -> list[dict[str, str]]:
-        """The default variant, each knob value with the others at default, and extras."""
-        combos = [self.default_variant()]
-        for knob in self.knobs.values():
-            for value in knob.values:
-                if value != knob.default:
-                    combos.append(self.full_variant({knob.name: value}))
-        for extra in self.extra_combos:
-            full = self.full_variant(extra)
-            if full not in combos:
-                combos.append(full)
-        return combos
-
-    def hyper_values(self, overrides: Mapping[str, float] | None = None, where: str | None = None) -> dict[str, float]:
-        """Defaults with ``overrides``; unknown names and values outside the domain are errors."""
-        values = {name: h.default for name, h in self.hyper.items()}
-        for name, value in (overrides or {}).items():
-            if name not in self.hyper:
-                raise SpecError(where or self.where, f"unknown hyperparameter {name!r} (known: {', '.join(self.hyper)})")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is not a number")
-            if not self.hyper[name].domain.contains(float(value)):
-                raise SpecError(
-                    where or self.where, f"hyperparameter {name}={value!r} is outside its domain {self.hyper[name].domain}"
-                )
-            values[name] = float(value)
-        return values
 
     def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedSchedule:
         """Apply a variant's edits and check the result statically."""

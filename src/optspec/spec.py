@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jsonschema
 
@@ -178,8 +178,72 @@ class CaseSpec:
     zero_params: tuple[int, ...] = ()
 
 
+class SpecDeclarations:
+    """What every spec (an update rule or a schedule) declares: hyperparameters and variant knobs.
+
+    Subclasses provide ``hyper`` (name -> :class:`Hyper`), ``knobs`` (name -> knob with
+    ``default`` and ``values``), ``extra_combos`` and ``where`` (the spec's location for errors).
+    """
+
+    hyper: Mapping[str, Hyper]
+    knobs: Mapping[str, Any]
+    extra_combos: tuple[Mapping[str, str], ...]
+
+    @property
+    def where(self) -> str:
+        raise NotImplementedError
+
+    def default_variant(self) -> dict[str, str]:
+        return {name: knob.default for name, knob in self.knobs.items()}
+
+    def full_variant(self, partial: Mapping[str, str] | None = None, where: str | None = None) -> dict[str, str]:
+        """The default variant with ``partial`` applied; unknown knobs or values are errors."""
+        variant = self.default_variant()
+        for knob_name, value in (partial or {}).items():
+            if knob_name not in self.knobs:
+                known = ", ".join(self.knobs) or "none"
+                raise SpecError(where or self.where, f"unknown variant knob {knob_name!r} (knobs: {known})")
+            values = self.knobs[knob_name].values
+            if value not in values:
+                raise SpecError(where or self.where, f"knob {knob_name!r} has no value {value!r} (values: {', '.join(values)})")
+            variant[knob_name] = value
+        return variant
+
+    def all_combos(self) -> list[dict[str, str]]:
+        """Every combination of knob values (the product over knobs)."""
+        names = list(self.knobs)
+        return [dict(zip(names, values)) for values in itertools.product(*(self.knobs[n].values for n in names))]
+
+    def hyper_values(self, overrides: Mapping[str, float] | None = None, where: str | None = None) -> dict[str, float]:
+        """Defaults with ``overrides``; unknown names and values outside the domain are errors."""
+        values = {name: h.default for name, h in self.hyper.items()}
+        for name, value in (overrides or {}).items():
+            if name not in self.hyper:
+                raise SpecError(where or self.where, f"unknown hyperparameter {name!r} (known: {', '.join(self.hyper)})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is not a number")
+            domain = self.hyper[name].domain
+            if not domain.contains(float(value)):
+                raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is outside its domain {domain}")
+            values[name] = float(value)
+        return values
+
+    def golden_combos(self) -> list[dict[str, str]]:
+        """The default variant, each knob value with the others at default, and extras."""
+        combos = [self.default_variant()]
+        for knob in self.knobs.values():
+            for value in knob.values:
+                if value != knob.default:
+                    combos.append(self.full_variant({knob.name: value}))
+        for extra in self.extra_combos:
+            full = self.full_variant(extra)
+            if full not in combos:
+                combos.append(full)
+        return combos
+
+
 @dataclass(frozen=True)
-class Spec:
+class Spec(SpecDeclarations):
     """One update rule as declared in its TOML file."""
 
     name: str
@@ -199,59 +263,10 @@ class Spec:
     def where(self) -> str:
         return f"{self.path}: rule {self.name!r}"
 
-    def default_variant(self) -> dict[str, str]:
-        return {knob.name: knob.default for knob in self.knobs.values()}
-
-    def full_variant(self, partial: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The default variant with ``partial`` applied; unknown knobs or values are errors."""
-        variant = self.default_variant()
-        for knob_name, value in (partial or {}).items():
-            if knob_name not in self.knobs:
-                known = ", ".join(self.knobs) or "none"
-                raise SpecError(self.where, f"unknown variant knob {knob_name!r} (knobs: {known})")
-            knob = self.knobs[knob_name]
-            if value not in knob.values:
-                raise SpecError(
-                    self.where,
-                    f"knob {knob_name!r} has no value {value!r} (values: {', '.join(knob.values)})",
-                )
-            variant[knob_name] = value
-        return variant
-
-    def all_combos(self) -> list[dict[str, str]]:
-        """Every combination of knob values (the product over knobs)."""
-        names = list(self.knobs)
-        return [dict(zip(names, values)) for values in itertools.product(*(self.knobs[n].values for n in names))]
-
-    def golden_combos(self) -> list[dict[str, str]]:
-        """The default variant, each knob value with the others at default, and extras."""
-        combos = [self.default_variant()]
-        for knob in self.knobs.values():
-            for value in knob.values:
-                if value != knob.default:
-                    combos.append(self.full_variant({knob.name: value}))
-        for extra in self.extra_combos:
-            full = self.full_variant(extra)
-            if full not in combos:
-                combos.append(full)
-        return combos
-
     def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedRule:
         """Apply the variant's edits to the step and check the result."""
         full = self.full_variant(variant)
         return ResolvedRule(self, full, *_apply_variant(self, full))
-
-    def hyper_values(self, overrides: Mapping[str, float] | None = None, where: str | None = None) -> dict[str, float]:
-        """Defaults with ``overrides``; unknown names and values outside the domain are errors."""
-        values = {name: h.default for name, h in self.hyper.items()}
-        for name, value in (overrides or {}).items():
-            if name not in self.hyper:
-                raise SpecError(where or self.where, f"unknown hyperparameter {name!r} (known: {', '.join(self.hyper)})")
-            domain = self.hyper[name].domain
-            if not domain.contains(float(value)):
-                raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is outside its domain {domain}")
-            values[name] = float(value)
-        return values
 
     def case(self, case_id: str) -> CaseSpec:
         for case in self.cases:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from optspec.commands import add_spec_options, library_from
-from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, run_check
+from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record, run_check
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
 from optspec.impls import all_implementations, implementation
@@ -127,19 +127,4 @@ def result_json(result: Any) -> dict:
             "deviations": [d.id for d in result.deviations],
             "worstRatio": result.worst_ratio,
         }
-    return {
-        "id": result.check_id,
-        "rule": result.rule,
-        "implementation": result.implementation,
-        "test": result.test,
-        "case": result.case,
-        "dtype": result.dtype,
-        "variant": dict(result.variant),
-        "status": result.status,
-        "message": result.message,
-        "comparedVariant": dict(result.compared_variant),
-        "profile": result.profile,
-        "deviations": [d.id for d in result.deviations],
-        "slots": list(result.compared_slots),
-        "errors": [{"step": e.step, "slot": e.slot, "maxAbs": e.max_abs, "budget": e.budget} for e in result.errors],
-    }
+    return result_record(result)
