@@ -121,7 +121,7 @@ class Deviation:
             return f"{self.knob}={self.implements} instead of {self.knob}={self.asked}"
         if self.kind == "storage":
             return f"state {', '.join(self.slots)} stored in float32 in {self.dtype} runs"
-        return f"{self.dtype} arithmetic profile {self.profile}"
+        return f"{self.dtype} runs with float32 step scalars (profile {self.profile})"
 
 
 @dataclass(frozen=True)

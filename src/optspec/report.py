@@ -76,7 +76,7 @@ def follows(results: Iterable[CheckResult]) -> str:
     notes = {}
     for result in results:
         for deviation in result.deviations:
-            notes[deviation.id] = deviation.summary if deviation.kind == "variant" else f"float32 under {deviation.profile}"
+            notes[deviation.id] = deviation.summary
     return "; ".join(sorted(set(notes.values()))) if notes else "as specified"
 
 
