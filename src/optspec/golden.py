@@ -33,7 +33,7 @@ from optspec import __version__
 from optspec.cases import SHAPES, make_inputs, recorded_steps
 from optspec.errors import GoldenError
 from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, CaseInputs, Trajectory, run_reference
-from optspec.spec import Spec, variant_label
+from optspec.spec import Spec, SpecDeclarations, variant_label
 from optspec.tolerance import FLOOR_ULPS, PROFILES, K, budgets
 
 FORMAT = "optspec-golden/1"
@@ -97,7 +97,8 @@ class GoldenFile:
         return None
 
 
-def test_name(spec: Spec, variant: Mapping[str, str], case: str) -> str:
+def test_name(spec: SpecDeclarations, variant: Mapping[str, str], case: str) -> str:
+    """The stable id of a golden test: ``<spec>/<non-default knobs or 'default'>/<case>``."""
     changed = {k: v for k, v in variant.items() if spec.knobs[k].default != v}
     return f"{spec.name}/{variant_label(changed) if changed else 'default'}/{case}"
 

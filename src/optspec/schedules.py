@@ -579,11 +579,6 @@ class ScheduleGoldenFile:
         return None
 
 
-def schedule_test_name(spec: ScheduleSpec, variant: Mapping[str, str], case: str) -> str:
-    changed = {k: v for k, v in variant.items() if spec.knobs[k].default != v}
-    return f"{spec.name}/{variant_label(changed) if changed else 'default'}/{case}"
-
-
 def _as_trajectory(values: ScheduleValues) -> Trajectory:
     out: Trajectory = {}
     for n in range(values.defined):
@@ -601,6 +596,8 @@ def generate_schedule(spec: ScheduleSpec) -> ScheduleGoldenFile:
     trajectory of one scalar (step n + 1): K times the running maximum of the float32
     evaluation's error (or FLOOR ulps of the running maximum value).
     """
+    from optspec.golden import test_name
+
     tests: list[ScheduleTest] = []
     for variant in spec.golden_combos():
         resolved = spec.resolve(variant)
@@ -611,7 +608,7 @@ def generate_schedule(spec: ScheduleSpec) -> ScheduleGoldenFile:
             ref64 = resolved.evaluate(hyper, count, FLOAT64)
             ref32 = resolved.evaluate(hyper, count, FLOAT32)
             ref32s = resolved.evaluate(hyper, count, FLOAT32_SCALAR32)
-            name = schedule_test_name(spec, variant, case.id)
+            name = test_name(spec, variant, case.id)
             if not np.all(np.isfinite(ref64.lr)) or (ref64.momentum is not None and not np.all(np.isfinite(ref64.momentum))):
                 raise GoldenError(f"{spec.path}: case {name}: the float64 schedule is not finite")
             if ref64.defined == 0:
