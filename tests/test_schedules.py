@@ -6,6 +6,7 @@ here by hand, not taken from an implementation under test.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -167,3 +168,61 @@ def test_undefined_indices_must_be_refused() -> None:
     assert test is not None and test.defined_until == 101, "torch's one-cycle is defined for n <= total_steps"
     result = run_schedule_check(ScheduleCheck(LIB.get("onecycle"), _NeverRefuses(), test, "float64", golden))
     assert result.status == "fails" and "must raise" in result.message, result.message
+
+
+def _schedule_knob_pairs() -> list[tuple[str, str, str, str]]:
+    return [
+        (spec.name, knob.name, a, b)
+        for spec in LIB.all()
+        for knob in spec.knobs.values()
+        for a, b in itertools.combinations(knob.values, 2)
+    ]
+
+
+def _same_function(spec, knob: str, a: str, b: str) -> bool:
+    values = spec.knobs[knob].values
+    return values[a].same_function_as == b or values[b].same_function_as == a
+
+
+@pytest.mark.parametrize(("schedule", "knob", "a", "b"), _schedule_knob_pairs(), ids=lambda x: str(x))
+def test_every_schedule_variant_pair_is_discriminated(schedule: str, knob: str, a: str, b: str) -> None:
+    """Some golden case separates every pair of knob values by >= 100x the float32 tolerance.
+
+    A value declared ``same_function_as`` another computes the same function in exact
+    arithmetic (only its rounding, hence its budget, differs): for such a pair the converse
+    must hold, so that the declaration cannot hide a real difference.
+    """
+    spec = LIB.get(schedule)
+    if _same_function(spec, knob, a, b):
+        golden = read_schedule_golden(GOLDEN / f"{schedule}.json", spec)
+        default = spec.default_variant()
+        for case in spec.cases:
+            ta = golden.find(case.id, {**default, knob: a})
+            tb = golden.find(case.id, {**default, knob: b})
+            assert ta is not None and tb is not None, f"{schedule}: no golden test for {knob}={a} or {knob}={b} in {case.id}"
+            assert ta.defined == tb.defined, f"{schedule}: {knob}={a} and {knob}={b} are defined on different indices"
+            gap = np.abs(ta.expected["lr"] - tb.expected["lr"])
+            budget = 100 * np.maximum(ta.atol["float64"]["lr"], tb.atol["float64"]["lr"])
+            assert np.all(gap <= budget), (
+                f"{schedule}: {knob}={a} is declared the same function as {knob}={b}, but case {case.id} index "
+                f"{int(np.argmax(gap - budget))} differs by {float(gap.max()):.3e} (> 100x the float64 budget)"
+            )
+        return
+    golden = read_schedule_golden(GOLDEN / f"{schedule}.json", spec)
+    default = spec.default_variant()
+    best, where = 0.0, "no common case"
+    for case in spec.cases:
+        ta = golden.find(case.id, {**default, knob: a})
+        tb = golden.find(case.id, {**default, knob: b})
+        assert ta is not None and tb is not None, f"{schedule}: no golden test for {knob}={a} or {knob}={b} in case {case.id}"
+        n = min(ta.defined, tb.defined)
+        gap = np.abs(ta.expected["lr"][:n] - tb.expected["lr"][:n])
+        budget = ta.atol["float32"]["lr"][:n]
+        ratios = np.where(budget > 0, gap / np.where(budget > 0, budget, 1.0), np.where(gap > 0, np.inf, 0.0))
+        if n and float(ratios.max()) > best:
+            best, where = float(ratios.max()), f"case {case.id} index {int(ratios.argmax())}"
+        if ta.defined != tb.defined:
+            best, where = np.inf, f"case {case.id}: defined for {ta.defined} vs {tb.defined} indices"
+    assert best >= 100, (
+        f"{schedule}: {knob}={a} and {knob}={b} are separated by only {best:.3g}x the float32 budget (best: {where})"
+    )

@@ -102,6 +102,8 @@ class ScheduleVariantValue:
     let: Mapping[str, tuple[Let, ...]]
     phases: Mapping[str, tuple[Phase, ...]]
     defined: tuple[Expr | None, str] | None
+    #: another value computing the same function in exact arithmetic (only the rounding differs)
+    same_function_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -414,7 +416,14 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
                 defined=None
                 if "defined" not in v
                 else ((_expr(v["defined"], f"{vwhere}, defined") if v["defined"].strip() else None), v["defined"]),
+                same_function_as=v.get("same_function_as"),
             )
+        for vname, value in values.items():
+            if value.same_function_as is not None and value.same_function_as not in values:
+                raise SpecError(
+                    f"{where}, variant {kname}={vname}",
+                    f"same_function_as names {value.same_function_as!r}, which is not a value of {kname!r}",
+                )
         if k["default"] not in values:
             raise SpecError(
                 f"{where}, variant {kname!r}", f"default value {k['default']!r} is not one of its values ({', '.join(values)})"
