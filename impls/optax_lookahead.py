@@ -21,7 +21,7 @@ from optspec.impls.base import Binding, Requirement, Slot, Support
 from optspec.spec import SpecLibrary
 
 #: Inner rules optax.lookahead is checked with (they must be inner rules of the spec too).
-INNER_RULES = ("sgd", "adam")
+INNER_RULES = ("sgd", "adam", "lamb")
 
 
 class LookaheadCarry(NamedTuple):
@@ -44,8 +44,10 @@ def lookahead(
     import optax
 
     inner_binding = bindings[inner]
-    hyper = {name[len(inner) + 1 :]: value for name, value in prefixed.items() if name.startswith(f"{inner}_")}
-    variant = SpecLibrary().get(inner).default_variant()
+    inner_spec = SpecLibrary().get(inner)
+    given = {name[len(inner) + 1 :]: value for name, value in prefixed.items() if name.startswith(f"{inner}_")}
+    hyper = {**inner_spec.hyper_values(), **given}  # defaults for what the default variant does not read
+    variant = inner_spec.default_variant()
     fast = factories[inner](learning_rate=learning_rate, **inner_binding.kwargs(hyper, variant))
     wrapped = optax.lookahead(fast, sync_period=round(sync_period), slow_step_size=slow_step_size)
 
@@ -72,7 +74,7 @@ def register(bindings: dict[str, Binding], factories: dict[str, Callable[..., An
         if inner_binding is None or rule not in spec.knobs["inner"].values:
             continue
         inner_spec = SpecLibrary().get(rule)
-        hyper_map.update({f"{rule}_{h}": f"{rule}_{h}" for h in inner_spec.hyper if h != "lr"})
+        hyper_map.update({f"{rule}_{h}": f"{rule}_{h}" for h in inner_spec.hyper if f"{rule}_{h}" in spec.hyper})
         renamed = tuple(
             Requirement(_prefix(r.condition, rule, set(inner_spec.hyper)), f"inner {rule}: {r.reason}")
             for r in inner_binding.requires

@@ -64,6 +64,7 @@ def test_two_sgd_steps_then_half_way_back() -> None:
 def _spec_text(**changes: str) -> str:
     text = (ROOT / "specs" / "lookahead.toml").read_text()
     for old, new in changes.items():
+        assert old in text, f"test setup: {old!r} is no longer in specs/lookahead.toml"
         text = text.replace(old, new)
     return text
 
@@ -72,12 +73,14 @@ def test_composition_errors_are_one_line_spec_errors() -> None:
     with pytest.raises(SpecError, match="only be loaded through a SpecLibrary"):
         parse_spec(_spec_text(), "<lookahead>")
     with pytest.raises(SpecError, match="inner rule 'nosuch'"):
-        parse_spec(_spec_text(**{'rules = ["sgd", "adam"]': 'rules = ["sgd", "nosuch"]'}), "<lookahead>", LIB.get)
+        parse_spec(_spec_text(**{'rules = ["sgd", "adam", "lamb"]': 'rules = ["sgd", "nosuch"]'}), "<lookahead>", LIB.get)
     with pytest.raises(SpecError, match="no \\[inner\\] table"):
         parse_spec((ROOT / "specs" / "sgd.toml").read_text().replace('"grad: g = grad",', '"@inner", "grad: g = grad",'), "<sgd>")
     with pytest.raises(SpecError, match="cannot itself be composite"):
         parse_spec(
-            _spec_text(**{'rules = ["sgd", "adam"]': 'rules = ["lookahead"]', 'default = "sgd"': 'default = "lookahead"'}),
+            _spec_text(
+                **{'rules = ["sgd", "adam", "lamb"]': 'rules = ["lookahead"]', 'default = "sgd"': 'default = "lookahead"'}
+            ),
             "<x>",
             LIB.get,
         )

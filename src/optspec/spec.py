@@ -489,7 +489,9 @@ def _compose(
             rule, f"{inner_spec.title} ({variant_label(resolved.variant)})", {INNER_KNOB: equations}, {}, {}, slots
         )
         for h, hyper in inner_spec.hyper.items():
-            if h != "lr":
+            # Only what the inner rule's default variant reads: a hyperparameter of one of its
+            # other variants would be an unused hyperparameter of the composite.
+            if h != "lr" and h in resolved.reads:
                 hypers[rename[h]] = Hyper(rename[h], hyper.default, hyper.domain, f"{rule}: {hyper.doc}")
         hashes[rule] = inner_spec.sha256
     doc = str(table.get("doc", "The inner rule."))  # type: ignore[union-attr]
