@@ -281,46 +281,13 @@ def parse_registry(text: str, shown: str) -> tuple[Deviation, ...]:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise AdapterError(f"{shown}: at {where}: {error.message}")
-    out: list[Deviation] = []
-    for item in table.get("deviation", []):
-        out.append(
-            Deviation(
-                id=item["id"],
-                kind="variant",
-                implementations=tuple(item["implementations"]),
-                reason=item["reason"],
-                upstream=tuple(item["upstream"]),
-                rule=item["rule"],
-                knob=item["knob"],
-                asked=item["asked"],
-                implements=item["implements"],
-            )
-        )
-    for item in table.get("precision", []):
-        out.append(
-            Deviation(
-                id=item["id"],
-                kind="precision",
-                implementations=tuple(item["implementations"]),
-                reason=item["reason"],
-                upstream=tuple(item["upstream"]),
-                dtype=item["dtype"],
-                profile=item["profile"],
-            )
-        )
-    for item in table.get("storage", []):
-        out.append(
-            Deviation(
-                id=item["id"],
-                kind="storage",
-                implementations=tuple(item["implementations"]),
-                reason=item["reason"],
-                upstream=tuple(item["upstream"]),
-                rule=item["rule"],
-                dtype=item["dtype"],
-                slots=tuple(item["slots"]),
-            )
-        )
+    # The schema fixes each kind's keys; lists become tuples, the rest maps onto Deviation's fields.
+    kinds = {"deviation": "variant", "precision": "precision", "storage": "storage"}
+    out = [
+        Deviation(kind=kind, **{key: tuple(value) if isinstance(value, list) else value for key, value in item.items()})
+        for section, kind in kinds.items()
+        for item in table.get(section, [])
+    ]
     ids = [d.id for d in out]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
