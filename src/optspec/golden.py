@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -32,9 +34,10 @@ import numpy as np
 from optspec import __version__
 from optspec.cases import SHAPES, make_inputs, recorded_steps
 from optspec.errors import GoldenError
-from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, CaseInputs, Trajectory, run_reference
+from optspec.reference import FLOAT64, CaseInputs, Trajectory, run_reference
 from optspec.spec import Spec, SpecDeclarations, variant_label
-from optspec.tolerance import FLOOR_ULPS, PROFILES, K, budgets
+from optspec.tolerance import PROFILES, measure
+from optspec.tolerance import header as error_model_header
 
 FORMAT = "optspec-golden/1"
 
@@ -106,59 +109,81 @@ def test_name(spec: SpecDeclarations, variant: Mapping[str, str], case: str) -> 
 # --------------------------------------------------------------------------- generation
 
 
-def generate(spec: Spec) -> GoldenFile:
-    """Evaluate every golden combo x case of a spec in float64 (and float32 for budgets)."""
-    tests: list[GoldenTest] = []
-    inputs = {case.id: make_inputs(spec, case) for case in spec.cases}
-    for variant in spec.golden_combos():
-        rule = spec.resolve(variant)
-        non_default = any(spec.knobs[k].default != v for k, v in variant.items())
-        for case in spec.cases:
-            hyper = spec.hyper_values(case.hyper)
-            record = recorded_steps(case.steps)
-            every = range(1, case.steps + 1)
-            case_inputs = inputs[case.id]
-            ref64 = run_reference(rule, hyper, case_inputs, FLOAT64, every)
-            ref32 = run_reference(rule, hyper, case_inputs, FLOAT32, every)
-            ref32s = run_reference(rule, hyper, case_inputs, FLOAT32_SCALAR32, every)
-            name = test_name(spec, variant, case.id)
-            _check_finite(spec, name, ref64, "the float64 reference")
-            atol = budgets(ref64, ref32, ref32s, record)
-            ref64 = {step: ref64[step] for step in record}
-            for profile, per_step in atol.items():
-                for step, tensors in per_step.items():
-                    for index, slots in enumerate(tensors):
-                        for slot, value in slots.items():
-                            if not np.isfinite(value):
-                                raise GoldenError(
-                                    f"{spec.path}: case {name}: the {profile} evaluation overflows at step {step}, "
-                                    f"tensor {index}, slot {slot}; choose hyperparameters that keep float32 finite"
-                                )
-            flags = list(case.flags)
-            if case.grads == "standard":
-                flags += ["NearEpsilon", "FallingNorm"]
-            if (case.lr_multiplier is not None or case.schedule is not None) and "Scheduled" not in flags:
-                flags.append("Scheduled")
-            if non_default:
-                flags.append("NonDefaultVariant")
-            tests.append(
-                GoldenTest(
-                    tc_id=len(tests) + 1,
-                    name=name,
-                    case=case.id,
-                    comment=case.comment,
-                    flags=tuple(flags),
-                    variant=dict(variant),
-                    hyper=hyper,
-                    inputs_id=case.id,
-                    inputs=case_inputs,
-                    lr_multiplier=case.lr_multiplier_text,
-                    expected=ref64,
-                    atol=atol,
-                    schedule=None if case.schedule is None else case.schedule.as_json(),  # type: ignore[attr-defined]
-                )
+def generate(spec: Spec, pool: Executor | None = None) -> GoldenFile:
+    """Evaluate every golden combo x case of a spec in float64, with the error model's budgets.
+
+    The budgets (an ensemble per test, the slow part) are measured in ``pool`` when given.
+    """
+    return generate_many([spec], pool)[0]
+
+
+def generate_many(specs: Sequence[Spec], pool: Executor | None = None) -> list[GoldenFile]:
+    """:func:`generate` for several specs, measuring every test's budgets in one pool."""
+    jobs: list[tuple[Spec, dict[str, str], Any, Any]] = []
+    measurements: list[tuple[Any, ...]] = []
+    for spec in specs:
+        inputs = {case.id: make_inputs(spec, case) for case in spec.cases}
+        for variant in spec.golden_combos():
+            rule = spec.resolve(variant)
+            for case in spec.cases:
+                hyper = spec.hyper_values(case.hyper)
+                record = recorded_steps(case.steps)
+                ref64 = run_reference(rule, hyper, inputs[case.id], FLOAT64, range(1, case.steps + 1))
+                name = test_name(spec, variant, case.id)
+                _check_finite(spec, name, ref64, "the float64 reference")
+                jobs.append((spec, dict(variant), case, inputs[case.id]))
+                measurements.append((rule, hyper, inputs[case.id], record, PROFILES, name, ref64))
+    mapped = pool.map(_measure, measurements, chunksize=4) if pool is not None else map(_measure, measurements)
+    tests: dict[str, list[GoldenTest]] = {spec.name: [] for spec in specs}
+    for (spec, variant, case, case_inputs), (_, hyper, _, record, _, name, ref64), atol in zip(jobs, measurements, mapped):
+        for profile, per_step in atol.items():
+            for step, tensors in per_step.items():
+                for index, slots in enumerate(tensors):
+                    for slot, value in slots.items():
+                        if not np.isfinite(value):
+                            raise GoldenError(
+                                f"{spec.path}: case {name}: the {profile} evaluation overflows at step {step}, "
+                                f"tensor {index}, slot {slot}; choose hyperparameters that keep float32 finite"
+                            )
+        flags = list(case.flags)
+        if case.grads == "standard":
+            flags += ["NearEpsilon", "FallingNorm"]
+        if (case.lr_multiplier is not None or case.schedule is not None) and "Scheduled" not in flags:
+            flags.append("Scheduled")
+        if any(spec.knobs[k].default != v for k, v in variant.items()):
+            flags.append("NonDefaultVariant")
+        own = tests[spec.name]
+        own.append(
+            GoldenTest(
+                tc_id=len(own) + 1,
+                name=name,
+                case=case.id,
+                comment=case.comment,
+                flags=tuple(flags),
+                variant=variant,
+                hyper=hyper,
+                inputs_id=case.id,
+                inputs=case_inputs,
+                lr_multiplier=case.lr_multiplier_text,
+                expected={step: ref64[step] for step in record},
+                atol=atol,
+                schedule=None if case.schedule is None else case.schedule.as_json(),  # type: ignore[attr-defined]
             )
-    return GoldenFile(spec.name, spec.sha256, tuple(tests), f"conformance/golden/{spec.name}.json")
+        )
+    return [GoldenFile(spec.name, spec.sha256, tuple(tests[spec.name]), f"conformance/golden/{spec.name}.json") for spec in specs]
+
+
+def _measure(job: tuple[Any, ...]) -> Any:
+    rule, hyper, inputs, record, profiles, name, ref64 = job
+    return measure(rule, hyper, inputs, record, profiles, seed_text=name, ref64=ref64)
+
+
+def measurement_pool(workers: int | None = None) -> Executor | None:
+    """A process pool for budget measurement (None: measure in this process)."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers <= 1:
+        return None
+    return ProcessPoolExecutor(max_workers=workers)
 
 
 def _check_finite(spec: Spec, name: str, trajectory: Trajectory, what: str) -> None:
@@ -244,12 +269,7 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
         "rule": spec.name,
         "title": spec.title,
         "spec": {"path": spec.path, "sha256": spec.sha256},
-        "errorModel": {
-            "K": K,
-            "floorUlps": FLOOR_ULPS,
-            "profiles": list(PROFILES),
-            "doc": "conformance/README.md#error-model",
-        },
+        "errorModel": error_model_header(),
         "notes": FLAG_NOTES,
         "numberOfTests": len(golden.tests),
         "recordedSteps": sorted({s for t in golden.tests for s in t.steps}),
@@ -406,23 +426,38 @@ def default_golden_dir() -> Path:
     return Path(str(resources.files("optspec.vectors")))
 
 
-def write_all(specs: Iterable[Spec], directory: Path) -> list[Path]:
+def write_all(specs: Iterable[Spec], directory: Path, workers: int | None = None) -> list[Path]:
+    specs = list(specs)
     written = []
-    for spec in specs:
-        doc = to_document(generate(spec), spec)
+    with _pool(workers) as pool:
+        goldens = generate_many(specs, pool)
+    for spec, golden in zip(specs, goldens):
         path = directory / f"{spec.name}.json"
-        write_atomic(path, dumps(doc))
+        write_atomic(path, dumps(to_document(golden, spec)))
         written.append(path)
     return written
 
 
-def check_all(specs: Iterable[Spec], directory: Path) -> list[str]:
+@contextmanager
+def _pool(workers: int | None) -> Iterator[Executor | None]:
+    pool = measurement_pool(workers)
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def check_all(specs: Iterable[Spec], directory: Path, workers: int | None = None) -> list[str]:
     """Regenerate in memory; return one message per file that differs (empty: all current)."""
     problems = []
-    for spec in specs:
+    specs = list(specs)
+    with _pool(workers) as pool:
+        goldens = generate_many(specs, pool)
+    for spec, golden in zip(specs, goldens):
         path = directory / f"{spec.name}.json"
         shown = str(path)
-        fresh = json.loads(dumps(to_document(generate(spec), spec)))
+        fresh = json.loads(dumps(to_document(golden, spec)))
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

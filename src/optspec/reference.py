@@ -52,7 +52,9 @@ class Precision:
 FLOAT64 = Precision("float64", np.float64, np.float64)
 FLOAT32 = Precision("float32", np.float32, np.float64)
 FLOAT32_SCALAR32 = Precision("float32_scalar32", np.float32, np.float32)
-PRECISIONS = {p.name: p for p in (FLOAT64, FLOAT32, FLOAT32_SCALAR32)}
+#: x87 80-bit extended (64-bit significand) on x86-64 Linux: the error model's exact value.
+EXTENDED = Precision("extended", np.longdouble, np.longdouble)
+PRECISIONS = {p.name: p for p in (FLOAT64, FLOAT32, FLOAT32_SCALAR32, EXTENDED)}
 
 
 @dataclass(frozen=True)

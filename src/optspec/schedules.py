@@ -50,9 +50,10 @@ import numpy as np
 from optspec import __version__
 from optspec.errors import ExprError, GoldenError, SpecError, UsageError
 from optspec.expr import REDUCTIONS, Call, Expr, names_in, parse_equation, parse_expr
-from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, Precision, Trajectory, _Compiler
+from optspec.reference import EXTENDED, FLOAT32, FLOAT32_SCALAR32, FLOAT64, Precision, Trajectory, _Compiler
 from optspec.spec import Domain, Hyper, SpecDeclarations, spec_hash, variant_label
-from optspec.tolerance import FLOOR_ULPS, PROFILES, K, budgets
+from optspec.tolerance import PROFILES, sequence_budgets
+from optspec.tolerance import header as error_model_header
 
 INDEX_CONVENTION = (
     "values[n] is the learning rate in effect at optimizer step t = n + 1 (torch.optim.lr_scheduler "
@@ -300,12 +301,14 @@ class ResolvedSchedule:
                     env[target] = fn(env)
                 for when, lr_fn, momentum_fn in compiled:
                     if when is None or bool(when(env)):
-                        lrs.append(float(scalar(lr_fn(env))))
+                        lrs.append(scalar(lr_fn(env)))
                         if momentum_fn is not None:
-                            momenta.append(float(scalar(momentum_fn(env))))
+                            momenta.append(scalar(momentum_fn(env)))
                         break
-        momentum = np.array(momenta, dtype=np.float64) if self.has_momentum else None
-        return ScheduleValues(np.array(lrs, dtype=np.float64), momentum, count)
+        # Values keep the extended type of an EXTENDED evaluation (the error model's exact value).
+        out = np.longdouble if scalar is np.longdouble else np.float64
+        momentum = np.array(momenta, dtype=out) if self.has_momentum else None
+        return ScheduleValues(np.array(lrs, dtype=out), momentum, count)
 
 
 def _check_names(expr: Expr, known: set[str], where: str) -> None:
@@ -601,9 +604,10 @@ def _as_trajectory(values: ScheduleValues) -> Trajectory:
 def generate_schedule(spec: ScheduleSpec) -> ScheduleGoldenFile:
     """Every golden combo x case in float64, with error-model budgets from float32 evaluations.
 
-    The budget of index n is :func:`optspec.tolerance.budgets` applied to the sequence as a
-    trajectory of one scalar (step n + 1): K times the running maximum of the float32
-    evaluation's error (or FLOOR ulps of the running maximum value).
+    The budget of index n is :func:`optspec.tolerance.sequence_budgets` applied to the
+    sequence as a trajectory of one scalar (step n + 1): K times the running maximum of each
+    profile's deviation from the longdouble evaluation (or FLOOR ulps of the running
+    maximum value).
     """
     from optspec.golden import test_name
 
@@ -623,7 +627,9 @@ def generate_schedule(spec: ScheduleSpec) -> ScheduleGoldenFile:
             if ref64.defined == 0:
                 raise GoldenError(f"{spec.path}: case {name}: the schedule is undefined at index 0")
             steps = range(1, ref64.defined + 1)
-            per_step = budgets(_as_trajectory(ref64), _as_trajectory(ref32), _as_trajectory(ref32s), steps)
+            exact = resolved.evaluate(hyper, count, EXTENDED)
+            lower = {"float64": ref64, "float32": ref32, "float32_scalar32": ref32s}
+            per_step = sequence_budgets({p: _as_trajectory(v) for p, v in lower.items()}, _as_trajectory(exact), steps)
             outputs = ["lr"] + (["momentum"] if ref64.momentum is not None else [])
             atol = {
                 profile: {out: np.array([per_step[profile][s][0][out] for s in steps]) for out in outputs} for profile in PROFILES
@@ -671,7 +677,7 @@ def schedule_document(golden: ScheduleGoldenFile, spec: ScheduleSpec) -> dict[st
         "title": spec.title,
         "spec": {"path": spec.path, "sha256": spec.sha256},
         "indexConvention": INDEX_CONVENTION,
-        "errorModel": {"K": K, "floorUlps": FLOOR_ULPS, "profiles": list(PROFILES), "doc": "conformance/README.md#error-model"},
+        "errorModel": error_model_header("deterministic"),
         "notes": SCHEDULE_FLAG_NOTES,
         "numberOfTests": len(golden.tests),
         "testGroups": list(groups.values()),

@@ -1,26 +1,18 @@
 """Expected values of a scenario: the float64 reference and the error model's budgets.
 
 For a rule variant, hyperparameters and inputs this evaluates the spec with
-:func:`optspec.reference.run_reference` at every step in float64 and in the error model's
-lower precisions, and folds the differences into budgets with
-:func:`optspec.tolerance.budgets` — exactly what :mod:`optspec.golden` stores for the
+:func:`optspec.reference.run_reference` in float64 and measures the error model's budgets
+with :func:`optspec.tolerance.measure` — exactly what :mod:`optspec.golden` stores for the
 golden cases, but for any hyperparameters (``--hyper``) and any gradient stream (the
 behavioural checks). The result is a :class:`optspec.golden.GoldenTest`, so that
 :func:`optspec.conformance.compare` applies unchanged.
 
-bfloat16 budget. The error model (:mod:`optspec.tolerance`) measures how much a rule, case
-and variant amplify rounding by evaluating the spec in a lower precision q and taking
-``D_j = max_i |q_j,i - r_j,i|`` against the float64 trajectory r; a step's budget is
-``b_j = max(D_j, FLOOR * u * S_j)`` and the budget at step k is ``K * max_{j<=k} b_j``, with
-u the unit roundoff of the arithmetic. The bfloat16 profile is the same model with
-bfloat16 in place of binary32: q is the spec evaluated with tensors (parameters, state,
-elementwise intermediates) in bfloat16 (``ml_dtypes.bfloat16``; an 8-bit significand, so
-u = 2^-8 — ``ml_dtypes.finfo(bfloat16).eps / 2``) and scalars in binary64 (binary32 for
-JAX targets, as the float32_scalar32 profile), and u = 2^-8 in the floor. K and FLOOR are
-tolerance.K and tolerance.FLOOR_ULPS; no other constant enters. The bfloat16 evaluation
-rounds every update into bfloat16 parameters, so the budget includes the swamping of small
-updates (an update below half an ulp of theta is lost) that any bfloat16-parameter
-implementation suffers.
+bfloat16 budget: the same model with the ``bfloat16`` profile (tensors rounded to bfloat16,
+an 8-bit significand, u = 2^-8; step scalars in binary64 for torch targets) or
+``bfloat16_scalar32`` (step scalars in binary32, for JAX targets), stored under
+``atol["bfloat16"]``. The deterministic bfloat16 evaluation rounds every update into
+bfloat16 parameters, so the budget includes the swamping of small updates (an update below
+half an ulp of theta is lost) that any bfloat16-parameter implementation suffers.
 """
 
 from __future__ import annotations
@@ -29,12 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from optspec.golden import GoldenTest
-from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, CaseInputs, Precision, Trajectory, run_reference
+from optspec.reference import FLOAT64, CaseInputs, Precision, Trajectory, run_reference
 from optspec.spec import ResolvedRule, Spec
-from optspec.tolerance import FLOOR_ULPS, K, budgets
+from optspec.tolerance import measure
 
 
 def bfloat16_type() -> Any | None:
@@ -44,45 +34,6 @@ def bfloat16_type() -> Any | None:
     except ImportError:
         return None
     return ml_dtypes.bfloat16
-
-
-def bfloat16_unit_roundoff() -> float:
-    import ml_dtypes
-
-    return float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps) / 2
-
-
-def bfloat16_precision(scalar32: bool) -> Precision:
-    bf16 = bfloat16_type()
-    if bf16 is None:
-        raise RuntimeError("ml_dtypes is not installed")
-    scalar = np.float32 if scalar32 else np.float64
-    return Precision("bfloat16_scalar32" if scalar32 else "bfloat16", bf16, scalar)
-
-
-def bfloat16_budgets(ref64: Trajectory, ref16: Trajectory, keep: Iterable[int]) -> dict[int, list[dict[str, float]]]:
-    """``K * max_{j<=k} max(D_j, FLOOR * u_bf16 * S_j)`` at the ``keep`` steps (see the module doc)."""
-    keep = set(keep)
-    unit = bfloat16_unit_roundoff()
-    running: dict[tuple[int, str], float] = {}
-    out: dict[int, list[dict[str, float]]] = {}
-    for step in sorted(ref64):
-        per_tensor: list[dict[str, float]] = []
-        for index, slots in enumerate(ref64[step]):
-            per: dict[str, float] = {}
-            for slot, r in slots.items():
-                scale = float(np.max(np.abs(r))) if r.size else 0.0
-                q = ref16[step][index][slot]
-                with np.errstate(invalid="ignore"):
-                    diff = np.abs(q - r)
-                d = float(np.max(diff)) if diff.size and np.all(np.isfinite(diff)) else (0.0 if not diff.size else float("inf"))
-                key = (index, slot)
-                running[key] = max(running.get(key, 0.0), d, FLOOR_ULPS * unit * scale)
-                per[slot] = K * running[key]
-            per_tensor.append(per)
-        if step in keep:
-            out[step] = per_tensor
-    return out
 
 
 def truncate(inputs: CaseInputs, steps: int) -> CaseInputs:
@@ -96,6 +47,7 @@ class Expectations:
     def __init__(self) -> None:
         self._rules: dict[tuple[str, str], ResolvedRule] = {}
         self._refs: dict[tuple[Any, ...], Trajectory] = {}
+        self._budgets: dict[tuple[Any, ...], Any] = {}
 
     def rule(self, spec: Spec, variant: Mapping[str, str]) -> ResolvedRule:
         key = (spec.name + "@" + spec.sha256, repr(sorted(variant.items())))
@@ -113,19 +65,15 @@ class Expectations:
         tag: str,
     ) -> Trajectory:
         """Every step 1..T of the reference in ``precision``; ``tag`` names the inputs for the cache."""
-        key = (
-            spec.name,
-            spec.sha256,
-            repr(sorted(variant.items())),
-            repr(sorted(hyper.items())),
-            tag,
-            inputs.steps,
-            precision.name,
-        )
+        key = (*self._key(spec, variant, hyper, inputs, tag), precision.name)
         if key not in self._refs:
             rule = self.rule(spec, variant)
             self._refs[key] = run_reference(rule, hyper, inputs, precision, range(1, inputs.steps + 1))
         return self._refs[key]
+
+    @staticmethod
+    def _key(spec: Spec, variant: Mapping[str, str], hyper: Mapping[str, float], inputs: CaseInputs, tag: str) -> tuple[Any, ...]:
+        return (spec.name, spec.sha256, repr(sorted(variant.items())), repr(sorted(hyper.items())), tag, inputs.steps)
 
     def test(
         self,
@@ -138,23 +86,20 @@ class Expectations:
         bfloat16: str | None = None,
         profiles: Sequence[str] = ("float64", "float32", "float32_scalar32"),
     ) -> GoldenTest:
-        """A GoldenTest for these inputs; ``bfloat16`` ('torch' or 'optax') adds that profile's budgets.
-
-        ``profiles`` lists the budgets the caller will use: the float32 evaluation (which
-        only the float32 profile needs) is skipped when it is not asked for, and then the
-        float32 entries of ``atol`` are absent.
-        """
+        """A GoldenTest for these inputs with the budgets of ``profiles`` only (each is measured);
+        ``bfloat16`` ('torch' or 'optax') adds that profile's budgets as ``atol["bfloat16"]``."""
         ref64 = self.reference(spec, variant, hyper, inputs, FLOAT64, tag)
-        ref32s = self.reference(spec, variant, hyper, inputs, FLOAT32_SCALAR32, tag)
-        if "float32" in profiles:
-            ref32 = self.reference(spec, variant, hyper, inputs, FLOAT32, tag)
-            atol: dict[str, Any] = dict(budgets(ref64, ref32, ref32s, record))
-        else:
-            # budgets() needs a float32 trajectory; only its float32 profile reads it, and that is dropped.
-            atol = {p: v for p, v in budgets(ref64, ref32s, ref32s, record).items() if p != "float32"}
+        wanted = list(profiles)
         if bfloat16 is not None:
-            ref16 = self.reference(spec, variant, hyper, inputs, bfloat16_precision(bfloat16 == "optax"), tag)
-            atol["bfloat16"] = bfloat16_budgets(ref64, ref16, record)
+            wanted.append("bfloat16_scalar32" if bfloat16 == "optax" else "bfloat16")
+        key = (*self._key(spec, variant, hyper, inputs, tag), tuple(wanted), tuple(record))
+        if key not in self._budgets:
+            rule = self.rule(spec, variant)
+            self._budgets[key] = measure(rule, hyper, inputs, record, wanted, seed_text=f"{spec.name}/{tag}", ref64=ref64)
+        atol: dict[str, Any] = dict(self._budgets[key])
+        for name in ("bfloat16", "bfloat16_scalar32"):
+            if name in atol:
+                atol["bfloat16"] = atol.pop(name)
         return GoldenTest(
             tc_id=0,
             name=f"{spec.name}/{tag}",
