@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,9 @@ class Runner:
             start_new_session=True,
         )
         handle.close()
+        # when it really ended, for a step collected later (the dry run's background kernel check)
+        record["ended"] = []
+        threading.Thread(target=lambda: record["ended"].append((record["process"].wait(), time.monotonic())), daemon=True).start()
         return record
 
     def finish_step(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +218,12 @@ class Runner:
             except subprocess.TimeoutExpired:
                 timed_out = True
                 rc = self._stop(process)
-            seconds = time.monotonic() - record.pop("begin")
+            ended = record.pop("ended")
+            for _ in range(100):  # the waiter thread notes the end right after its wait() returns
+                if ended or timed_out:
+                    break
+                time.sleep(0.01)
+            seconds = (ended[0][1] if ended and not timed_out else time.monotonic()) - record.pop("begin")
             record.update(status="timed out" if timed_out else ("ok" if rc == 0 else "failed"), rc=rc, seconds=round(seconds, 1))
             log = record.pop("log")
             text = log.read_text(encoding="utf-8", errors="replace")
@@ -550,6 +559,7 @@ print("PREFLIGHT " + json.dumps(info))
             # One real benchmark through the same configuration: recorded commit, result file, archive.
             if self.step("asv-run", [*run, "--quick", "--bench", DRY_BENCH], env=env, cap=90, cwd=self.work)["status"] == "ok":
                 self.check_dry_result(commit)
+            self.probe_site(run, conf, env)
             return
         wanted = [p for p in phases if any(fnmatch.fnmatchcase(p["name"], g) for g in self.args.asv_phases.split(","))]
         for phase in phases:
@@ -558,7 +568,7 @@ print("PREFLIGHT " + json.dumps(info))
         per_process = ASV_FIRST_GUESS_S
         for phase in wanted:
             # the rules that fit the time left, at the per-process time measured so far
-            fit = min(len(phase["rules"]), int(self.remaining() // per_process))
+            fit = max(0, min(len(phase["rules"]), int(self.remaining() // per_process)))
             rules, left_out = phase["rules"][:fit], phase["rules"][fit:]
             name = f"asv {phase['name']}"
             if left_out:
@@ -577,7 +587,9 @@ print("PREFLIGHT " + json.dumps(info))
             if not rules:
                 continue
             bench = asv_plan_regex(self.tools, phase["name"], rules)
-            record = self.step(name, [*run, "--bench", bench], env=env, cap=self.remaining(), cwd=self.work, required=False)
+            # cut off a phase far slower than estimated, so that the phases after it keep their time
+            cap = min(self.remaining(), 30 + 2 * len(rules) * per_process)
+            record = self.step(name, [*run, "--bench", bench], env=env, cap=cap, cwd=self.work, required=False)
             record.update(phase=phase["name"], rules=rules)
             if record["status"] in ("ok", "failed"):
                 per_process = max(per_process * 0.5, record["seconds"] / len(rules))
@@ -594,6 +606,37 @@ print("PREFLIGHT " + json.dumps(info))
             self.say(
                 f"asv: seeded with {len(list(committed.glob('*.json')))} result files from asv_bench/results/{self.machine}/"
             )
+
+    def probe_site(self, run: list[str], conf: Path, env: dict[str, str]) -> None:
+        """Dry run: asv's benchmark processes import from the site, not from this interpreter's own packages.
+
+        asv drops PYTHONPATH there and passes ASV_PYTHONPATH on instead. Here optspec may also be
+        installed beside the interpreter (on the device it is not), so the suite's benchmark above
+        cannot tell; a one-line benchmark that reports where ``optspec`` is found can.
+        """
+        probe = self.work / "probe"
+        (probe / "benchmarks").mkdir(parents=True, exist_ok=True)
+        (probe / "benchmarks" / "__init__.py").write_text("")
+        (probe / "benchmarks" / "site_probe.py").write_text(
+            "import importlib.util, os\n\n\ndef track_optspec_from_site():\n"
+            "    spec = importlib.util.find_spec('optspec')\n"
+            "    return 1.0 if spec and spec.origin.startswith(os.environ['OPTSPEC_PROBE_SITE']) else 0.0\n"
+        )
+        settings = json.loads(conf.read_text())
+        settings.update(benchmark_dir=str(probe / "benchmarks"), results_dir=str(probe / "results"))
+        probe_conf = probe / "asv.conf.json"
+        probe_conf.write_text(json.dumps(settings, indent=2))
+        command = [*run[: run.index("--config") + 1], str(probe_conf), *run[run.index("--config") + 2 :]]
+        record = self.step("asv-probe", command, env={**env, "OPTSPEC_PROBE_SITE": str(self.site)}, cap=60, cwd=self.work)
+        if record["status"] != "ok":
+            return
+        files = [f for f in (probe / "results" / self.machine).glob("*.json") if f.name != "machine.json"]
+        result = json.loads(files[0].read_text())["results"].get("site_probe.track_optspec_from_site") if files else None
+        if not result or result[0] != [1.0]:
+            self.say(f"asv-probe: asv's benchmark processes do not import optspec from the site (result {result})")
+            self.failed = True
+        else:
+            self.say("asv-probe: asv's benchmark processes import optspec from the site (ASV_PYTHONPATH)")
 
     def check_dry_result(self, commit: str) -> None:
         """The dry run's one benchmark left a value in a result file filed under the recorded commit."""
