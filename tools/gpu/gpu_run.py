@@ -443,7 +443,12 @@ print("PREFLIGHT " + json.dumps(info))
         ]
         if self.step("optspec", optspec)["status"] != "ok":
             return False
-        return self.step("site", [self.python, str(self.tools / "site_check.py"), str(self.site)])["status"] == "ok"
+        record = self.step("site", [self.python, str(self.tools / "site_check.py"), str(self.site)])
+        for line in self.tail(50):
+            if line.startswith("site: warning:"):
+                self.say(line)
+                self.info.setdefault("site_warnings", []).append(line)
+        return record["status"] == "ok"
 
     def start_kernels(self) -> dict[str, Any]:
         """Device: every rule's kernel library (``--device``), on every core, before the tests.
@@ -752,7 +757,7 @@ print("PREFLIGHT " + json.dumps(info))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/gpu/run.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU rehearsal: every step that needs no GPU")
-    parser.add_argument("--budget", type=int, default=None, help="seconds for the whole run (device 420, dry run 150)")
+    parser.add_argument("--budget", type=int, default=None, help="seconds for the whole run (device 420, dry run 240)")
     parser.add_argument("--skip", action="append", default=[], choices=["tests", "asv"], help="leave a part out (a rerun)")
     parser.add_argument(
         "--allow-no-gpu",
@@ -764,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="dry run: where to write what $OUT gets on the device (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.budget is None:
-        args.budget = 150 if args.dry_run else 420
+        args.budget = 240 if args.dry_run else 420
     run = Runner(args)
     run.say(f"optspec GPU run ({run.info['mode']}), budget {args.budget} s, work {run.work}, out {run.out}")
     try:

@@ -6,12 +6,13 @@
   another Python, a cp312-only wheel (rpds-py) cannot be, and the line says which copy this
   interpreter uses instead;
 * every requirement of every carried distribution and of optspec (markers evaluated for this
-  interpreter) is met by what this interpreter sees: the site or its own packages. On the
-  device that checks the versions of the packages the image provides (attrs, typing-extensions...);
+  interpreter) is installed, in the site or among the interpreter's own packages; a version
+  outside what it asks for is a warning (on the device: a package of the image, attrs,
+  typing-extensions..., which the run must not replace; the imports below decide);
 * optspec comes from SITE (not from some other installation), and the modules the run uses
   import: asv, asv_runner, jsonschema, optspec's CUDA adapter and build module.
 
-Exit 1 with one line per problem.
+Exit 1 with one line per problem; warnings are printed and do not fail.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
         return 2
     site = Path(argv[0]).resolve()
     problems: list[str] = []
+    warnings: list[str] = []
     checked: list[metadata.Distribution] = []
     for entry in read_lock(LOCK, False):
         try:
@@ -74,7 +76,9 @@ def main(argv: list[str]) -> int:
                 problems.append(f"{dist.metadata['Name']} needs {requirement}: not installed")
                 continue
             if requirement.specifier and not requirement.specifier.contains(Version(version), prereleases=True):
-                problems.append(f"{dist.metadata['Name']} needs {requirement}: {version} is installed")
+                # a device package older or newer than a carried one asks for: reported, not fatal
+                # (the imports below decide), since the device's own copy must not be replaced
+                warnings.append(f"{dist.metadata['Name']} asks for {requirement}: {version} is installed")
     for module in MODULES:
         try:
             imported = importlib.import_module(module)
@@ -83,6 +87,8 @@ def main(argv: list[str]) -> int:
             continue
         if module == "optspec" and site not in Path(imported.__file__).resolve().parents:
             problems.append(f"optspec imports from {imported.__file__}, not from the site")
+    for warning in warnings:
+        print(f"site: warning: {warning}")
     for problem in problems:
         print(f"site: {problem}", file=sys.stderr)
     if not problems:

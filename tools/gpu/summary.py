@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             "so that its results travel and the rerun adds to them; tools/gpu/README.md).",
             "",
         ]
+    if info.get("site_warnings"):
+        lines += ["Site warnings (device packages outside what a carried package asks for):", ""]
+        lines += [f"- {w.removeprefix('site: warning: ')}" for w in info["site_warnings"]] + [""]
     cases = junit_cases(args.junit)
     lines.append("## Conformance (conformance/test_cuda_gpu.py)")
     lines.append("")
