@@ -570,6 +570,20 @@ print("PREFLIGHT " + json.dumps(info))
         for phase in phases:
             if phase not in wanted:
                 self.say(f"asv {phase['name']}: left out (--asv-phases {self.args.asv_phases})")
+            elif phase["name"].endswith(":native-cuda") and not self.kernels_ok:
+                # every benchmark process would try the failed compile again
+                wanted.remove(phase)
+                self.steps.append(
+                    {
+                        "step": f"asv {phase['name']}",
+                        "status": "not run",
+                        "seconds": 0.0,
+                        "detail": "the kernel build failed",
+                        "phase": phase["name"],
+                        "rules": phase["rules"],
+                    }
+                )
+                self.say(f"asv {phase['name']}: NOT RUN (the kernel build failed)")
         per_process = ASV_FIRST_GUESS_S
         for phase in wanted:
             # the rules that fit the time left, at the per-process time measured so far
