@@ -160,3 +160,25 @@ def test_pretend_cuda_refuses_a_real_run(tmp_path: Path) -> None:
     )
     assert result.returncode != 0, f"pretend_cuda must refuse to load outside --collect-only:\n{result.stdout}"
     assert "pretend_cuda is only for --collect-only" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_conformance_page_from_junit(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="conformance.test_cuda_gpu" name="test_gpu_conforms[optspec.cuda::adam/default/defaults::float32]"/>'
+        '<testcase classname="conformance.test_cuda_gpu" '
+        'name="test_gpu_conforms[torch.capturable.cuda::adam/default/defaults::float32]">'
+        '<failure message="adam x torch.capturable.cuda: m exceeds the float32 budget">trace</failure></testcase>'
+        '<testcase classname="conformance.test_cuda_gpu" name="test_gpu_conforms[optax.gpu::adam/default/defaults::float64]">'
+        '<skipped message="optax.gpu does not run float64"/></testcase>'
+        '<testcase classname="conformance.test_cuda_gpu" name="test_multi_tensor_launch[lamb]"/>'
+        "</testsuite></testsuites>"
+    )
+    cases = summary.junit_cases(junit)
+    assert [c["status"] for c in cases] == ["passed", "failed", "skipped", "passed"], cases
+    page = summary.conformance_page(cases, {"preflight": {"gpu": {"name": "NVIDIA H200"}}, "source": {"commit": "a" * 40}})
+    assert "| torch.capturable.cuda | 0 | 1 | 0 | 0 |" in page, page
+    assert "| optspec.cuda (multi_tensor_launch) | 1 | 0 | 0 | 0 |" in page, page
+    assert "m exceeds the float32 budget" in page and "1 x optax.gpu does not run float64" in page, page
+    assert "**1 FAILED** of 1" in page, page

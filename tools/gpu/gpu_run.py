@@ -71,7 +71,7 @@ CAPS = {
     "install": (60, 60),
     "optspec": (90, 90),
     "site": (30, 30),
-    "kernels": (150, 140),
+    "kernels": (150, 200),
     "tests": (170, 90),
     "asv-setup": (45, 90),
 }
