@@ -710,7 +710,7 @@ print("PREFLIGHT " + json.dumps(info))
         tests_done = any(r["step"] == "tests" and r["status"] in ("ok", "failed") for r in self.steps)
         if not phases and tests_done:
             return None
-        parts = ["tools/gpu/run.sh", "--budget", "240"]
+        parts = ["bash", "tools/gpu/run.sh", "--budget", "240"]
         if tests_done:
             parts += ["--skip", "tests"]
         if phases:
