@@ -121,6 +121,7 @@ class Runner:
         self.kernels_ok = False
         self.failed = False
         self.last_output: list[str] = []
+        self.running: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ helpers
 
@@ -204,10 +205,13 @@ class Runner:
         # when it really ended, for a step collected later (the dry run's background kernel check)
         record["ended"] = []
         threading.Thread(target=lambda: record["ended"].append((record["process"].wait(), time.monotonic())), daemon=True).start()
+        self.running.append(record)
         return record
 
     def finish_step(self, record: dict[str, Any]) -> dict[str, Any]:
         name, required = record["step"], record.pop("required")
+        if record in self.running:
+            self.running.remove(record)
         process = record.pop("process", None)
         if process is None:
             self.say(f"{name}: NOT RUN ({record['detail']})")
@@ -238,6 +242,10 @@ class Runner:
         if record["status"] != "ok" and required:
             self.failed = True
         return record
+
+    def steps_running(self) -> list[subprocess.Popen]:
+        """Processes of steps started and not finished (the dry run's background kernel check)."""
+        return [record["process"] for record in self.running if "process" in record]
 
     def _stop(self, process: subprocess.Popen) -> int:
         """SIGINT to the group (pytest and asv clean up and write what they have), then SIGKILL."""
@@ -810,7 +818,18 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the summary must still be written
         run.say(f"run: {type(exc).__name__}: {exc}")
         run.failed = True
-    return run.finish()
+        for record in run.steps_running():
+            run._stop(record)
+    status = run.finish()
+    if run.dry:  # the rehearsal's copy, site and builds (about 50 MB); what $OUT would get stays
+        for path in run.work.iterdir():
+            if path == run.out or path.name == "logs":
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+    return status
 
 
 if __name__ == "__main__":
