@@ -8,9 +8,11 @@
 #   asv_bench/run_gpu.sh                 # the current environment, recorded at HEAD
 #   asv_bench/run_gpu.sh HEAD~5..HEAD    # build and run each commit in asv's own environments
 #
-# Needs: nvidia-smi; a Python (PYTHON, default python3) with asv and optspec[torch,jax]
-# installed with CUDA builds (torch from the default PyPI index, jax as jax[cuda12]==0.10.2),
-# so that torch.cuda.is_available() and jax.devices() show the GPU.
+# Needs: nvidia-smi; git; a Python (PYTHON, default python3) with asv and optspec[torch,jax]
+# installed with CUDA builds (torch from the default PyPI index, jax as jax[cuda13]), so that
+# torch.cuda.is_available() and jax.devices() show the GPU. On the workplace's device machine
+# (no network, no asv, the tree without .git) use tools/gpu/run.sh instead: it carries asv as
+# wheels, runs the 64M subset and the GPU conformance tests in one time-boxed call.
 # Scope: GPU_BENCH (a regex) overrides the default subset below. The full default subset is
 # about 2,500 benchmark processes (rules x 6 implementations x 4 sets x 2 dtypes x 4 metrics);
 # budget several hours, or narrow GPU_BENCH.
