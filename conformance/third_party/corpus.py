@@ -237,8 +237,15 @@ def describe(pair: Pair, exit_code: int, result: Mapping[str, Any] | None, outpu
 
 
 def torchvision_loads(python: str = sys.executable) -> bool:
-    """Whether ``import torchvision.ops.misc`` (what timm needs at import) works, tried in a fresh interpreter."""
-    probe = subprocess.run([python, "-c", "import torchvision.ops.misc"], capture_output=True, timeout=300, check=False)
+    """Whether the real ``import torchvision.ops.misc`` (what timm needs at import) works.
+
+    Tried in a fresh interpreter whose PYTHONPATH leaves out the stand-in (a parent process,
+    pytest-xdist's controller for one, may have put it there).
+    """
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != STUBS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    code = "import torchvision.ops.misc, sys; sys.exit(3 if getattr(sys.modules['torchvision'], 'STUB', False) else 0)"
+    probe = subprocess.run([python, "-c", code], capture_output=True, timeout=300, check=False, env=env)
     return probe.returncode == 0
 
 

@@ -19,21 +19,25 @@ from conformance.third_party.corpus import HERE, describe, judge, load
 
 CORPUS = load(HERE / "timm.toml")
 
-pytest.importorskip(
-    "timm", reason=f"timm is not installed: the third-party corpus needs timm=={CORPUS.version} (tox -e third-party)"
-)
-if metadata.version("timm") != CORPUS.version:
+try:
+    INSTALLED = metadata.version("timm")
+except metadata.PackageNotFoundError:
     pytest.skip(
-        f"the corpus's evidence is for timm {CORPUS.version}, timm {metadata.version('timm')} is installed",
+        f"timm is not installed: the third-party corpus needs timm=={CORPUS.version} (tox -e third-party)",
         allow_module_level=True,
     )
+if INSTALLED != CORPUS.version:
+    pytest.skip(
+        f"the corpus's evidence is for timm {CORPUS.version}, timm {INSTALLED} is installed",
+        allow_module_level=True,
+    )
+# Installed: importing it must work (a failure here is an error, not a skip).
+import timm.optim  # noqa: E402
 
 pytestmark = pytest.mark.third_party
 
 
 def test_timm_imports_without_torchvision_calls() -> None:
-    import timm.optim
-
     assert timm.optim.Lamb.__module__ == "timm.optim.lamb", f"timm.optim.Lamb comes from {timm.optim.Lamb.__module__}"
     if TORCHVISION_STUB:
         import torchvision
