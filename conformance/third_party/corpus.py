@@ -5,7 +5,7 @@ A corpus file (``timm.toml`` beside this module) lists ``[[pair]]`` tables, each
 module reads such a file, turns a pair into the command it stands for, judges the JSON
 result of that command against the expectation, and renders the table of
 docs/third-party.md, which ``python -m conformance.third_party.corpus --write`` regenerates
-(``tests/test_third_party_doc.py`` keeps it current).
+(``tests/test_third_party_corpus.py`` keeps it current).
 
 It also knows one fact of the environment: timm imports torchvision when the ``timm``
 package is imported, and where torchvision cannot be imported (no wheel for CPU torch 2.13)

@@ -1,4 +1,4 @@
-"""The third-party corpus files are valid and docs/third-party.md shows their table as it is.
+"""The third-party corpus: its files are valid, docs/third-party.md shows their table, and the judge of a run is right.
 
 Needs no third-party library: the corpus is data (conformance/third_party/timm.toml); the
 checks themselves run in conformance/third_party/test_timm.py (tox -e third-party).
@@ -19,7 +19,10 @@ from conformance.third_party.corpus import (
     TABLE_BEGIN,
     TABLE_END,
     CorpusError,
+    Pair,
+    describe,
     document_with_table,
+    judge,
     load,
     render_table,
 )
@@ -89,3 +92,47 @@ def test_bad_corpus_is_one_line(tmp_path: Path, text: str, message: str) -> None
 def test_markers_are_in_the_doc() -> None:
     document = DOC.read_text()
     assert TABLE_BEGIN in document and TABLE_END in document, f"{DOC} lost its table markers"
+
+
+def _pair(**fields: object) -> Pair:
+    base: dict[str, object] = {"id": "p", "rule": "lamb", "target": "timm.optim:Lamb", "args": (), "evidence": ("a.py:1",)}
+    return Pair(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def _result(cases: dict[str, str], behaviour: dict[str, str] | None = None, explanation: str = "") -> dict:
+    return {
+        "cases": [{"case": k.split(":")[0], "dtype": k.split(":")[1], "status": v} for k, v in cases.items()],
+        "behaviour": [{"name": k, "status": v, "message": f"{k} said {v}"} for k, v in (behaviour or {}).items()],
+        "diagnosis": {"explanation": explanation} if explanation else None,
+    }
+
+
+def test_judge_tells_the_three_verdicts_apart() -> None:
+    conforming = _result({"defaults:float64": "conforms"})
+    deviating = _result({"defaults:float64": "deviation"})
+    assert judge(_pair(verdict="conforms"), 0, conforming, "") == [], "exit 0 without deviation is 'conforms'"
+    assert judge(_pair(verdict="known deviation"), 0, deviating, "") == [], "exit 0 with a deviation case is 'known deviation'"
+    assert judge(_pair(verdict="conforms"), 0, deviating, ""), "a known deviation is not 'conforms'"
+    assert judge(_pair(verdict="conforms"), 1, conforming, ""), "exit 1 is not 'conforms'"
+    problems = judge(_pair(verdict="conforms"), 2, None, "optspec: error: unrecognized arguments: --kwarg")
+    assert problems == ["verdict: expected 'conforms', got 'bad input or could not run'"], f"exit 2: {problems}"
+
+
+def test_judge_checks_what_must_fail_and_the_diagnosis() -> None:
+    pair = _pair(
+        verdict="does NOT conform",
+        failing=("non_finite",),
+        cases_conform=True,
+        diagnosis=("(?i)rectif",),
+        messages={"non_finite": "freez"},
+    )
+    good = _result({"defaults:float64": "conforms"}, {"non_finite": "failed"}, "behaves like adabelief with rectify=on")
+    good["behaviour"][0]["message"] = "the element freezes"
+    assert judge(pair, 1, good, "") == [], "a run with the expected failures and diagnosis passes"
+    bad = _result({"defaults:float64": "fails"}, {"non_finite": "passed"}, "no declared variant reproduces the target")
+    problems = judge(pair, 1, bad, "")
+    assert len(problems) == 4, f"each unmet expectation is reported: {problems}"
+    printed = "diagnosis: behaves like adabelief with rectify=on"
+    assert not any("diagnosis" in p for p in judge(pair, 1, {**good, "diagnosis": None}, printed)), "the printed line counts"
+    message = describe(pair, 1, bad, "", problems)
+    assert pair.command in message and "expected: does NOT conform" in message and "observed: does NOT conform" in message
