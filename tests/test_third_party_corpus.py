@@ -41,6 +41,8 @@ TIMM_RULED = {
     "SGDW",
     "RMSpropTF",
     "Lookahead",
+    "AdamWLegacy",  # timm's own older copies (rules adamw, nadam)
+    "NAdamLegacy",
 }
 
 
