@@ -162,7 +162,8 @@ def observed_verdict(exit_code: int, result: Mapping[str, Any] | None) -> str:
     if exit_code == 1:
         return "does NOT conform"
     if exit_code == 0:
-        deviates = result is not None and any(c.get("status") == "deviation" for c in result.get("cases", []))
+        statuses = {str(c.get("status", "")).replace("_", " ") for c in (result or {}).get("cases", [])}
+        deviates = bool(statuses & {"deviation", "known deviation"}) or "deviation" in str((result or {}).get("verdict", ""))
         return "known deviation" if deviates else "conforms"
     return "bad input or could not run"
 
