@@ -244,7 +244,7 @@ class _Perturb:
         if not entries:
             return value
         x = np.asarray(value, dtype=self.carrier)
-        shape = x.shape if x.ndim == 2 else (self.size, 1)
+        shape = (self.size, x.shape[1]) if x.ndim == 2 else (self.size, 1)
         out = x.copy() if x.shape == shape else np.array(np.broadcast_to(x, shape))
         xi = self._uniform(shape)
         if fixed:
