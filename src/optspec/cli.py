@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from optspec import __version__
 from optspec.errors import OptspecError
+from optspec.expr import RECURSION_LIMIT
 
 COMMAND_MODULES = (
     "optspec.commands.listing",
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Expressions may hold thousands of terms (optspec.expr.MAX_OPERATIONS); the reference
+    # compiler recurses per term.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

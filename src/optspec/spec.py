@@ -39,13 +39,12 @@ from optspec.errors import ExprError, SpecError
 from optspec.expr import (
     REDUCTIONS,
     SCALAR_BINARY_FUNCTIONS,
-    Binary,
     Call,
     Equation,
     Expr,
     Name,
     Num,
-    Unary,
+    fold,
     names_in,
     parse_equation,
     parse_expr,
@@ -510,11 +509,19 @@ def _check_identifier(name: str, where: str) -> None:
         raise SpecError(where, f"{name!r} is not a valid name (letters, digits, underscore)")
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """``repr(text)``, shortened in the middle when longer than ``limit``: error lines stay short."""
+    if len(text) <= limit:
+        return repr(text)
+    keep = limit // 2
+    return f"{text[:keep]!r}...{text[-keep // 2 :]!r} ({len(text)} characters)"
+
+
 def _equation(text: str, where: str) -> Located:
     try:
-        return Located(parse_equation(text), f"{where} {text.strip()!r}")
+        return Located(parse_equation(text), f"{where} {quoted(text.strip())}")
     except ExprError as exc:
-        raise SpecError(f"{where} {text.strip()!r}", exc.message, exc.column) from None
+        raise SpecError(f"{where} {quoted(text.strip())}", exc.message, exc.column) from None
 
 
 def _slot(name: str, table: Mapping[str, object], where: str) -> StateSlot:
@@ -527,7 +534,7 @@ def _slot(name: str, table: Mapping[str, object], where: str) -> StateSlot:
         try:
             init = parse_expr(str(init_text))
         except ExprError as exc:
-            raise SpecError(f"{where} init {init_text!r}", exc.message, exc.column) from None
+            raise SpecError(f"{where} init {quoted(str(init_text))}", exc.message, exc.column) from None
     return StateSlot(name, init, None if init_text is None else str(init_text), table.get("kind", "tensor"), str(table["doc"]))
 
 
@@ -547,11 +554,13 @@ def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec
             try:
                 lr_expr = parse_expr(str(lr_text))
             except ExprError as exc:
-                raise SpecError(f"{where} lr_multiplier {lr_text!r}", exc.message, exc.column) from None
+                raise SpecError(f"{where} lr_multiplier {quoted(str(lr_text))}", exc.message, exc.column) from None
             for name in names_in(lr_expr):
                 if name.id != "t":
                     raise SpecError(
-                        f"{where} lr_multiplier {lr_text!r}", f"only 't' may be used here, not {name.id!r}", name.column
+                        f"{where} lr_multiplier {quoted(str(lr_text))}",
+                        f"only 't' may be used here, not {name.id!r}",
+                        name.column,
                     )
         cases.append(
             CaseSpec(
@@ -638,7 +647,7 @@ def _check_resolved(
             env.pop("grad")
             for r in ("t", "lr", "lr_multiplier"):
                 env.pop(r)
-            kind = _infer(slot.init, env, f"{spec.where}{label}, state {name!r} init {slot.init_text!r}")
+            kind = _infer(slot.init, env, f"{spec.where}{label}, state {name!r} init {quoted(str(slot.init_text))}")
             if slot.kind == "scalar" and kind == "tensor":
                 raise SpecError(f"{spec.where}, state {name!r}", "a scalar slot cannot be initialised from a tensor expression")
             init_kinds[name] = kind
@@ -696,36 +705,38 @@ def _infer(
     state: Mapping[str, StateSlot] | None = None,
     locals_written: set[str] | None = None,
 ) -> Kind:
-    # ``locals_written`` holds every name the step assigns somewhere, so that reading one too
-    # early is reported as read-before-write rather than as an unknown name.
-    """Kind of an expression ('tensor' if any operand is elementwise) with name checks."""
-    if isinstance(expr, Num):
-        return "scalar"
-    if isinstance(expr, Name):
-        if expr.id in env:
-            return env[expr.id]
-        if state is not None and expr.id in state:
-            raise _ReadBeforeWrite(f"state slot {expr.id!r} has no init and is read before the step writes it", expr.column)
-        if locals_written is not None and expr.id in locals_written:
-            raise _ReadBeforeWrite(f"local {expr.id!r} is read before the step writes it", expr.column)
-        raise SpecError(where, f"unknown name {expr.id!r}", expr.column)
-    if isinstance(expr, Unary):
-        return _infer(expr.operand, env, where, state, locals_written)
-    if isinstance(expr, Binary):
-        left = _infer(expr.left, env, where, state, locals_written)
-        right = _infer(expr.right, env, where, state, locals_written)
-        return "tensor" if "tensor" in (left, right) else "scalar"
-    assert isinstance(expr, Call)
-    kinds = [_infer(arg, env, where, state, locals_written) for arg in expr.args]
-    if expr.func in REDUCTIONS:
-        return "scalar"
-    if expr.func in SCALAR_BINARY_FUNCTIONS and "tensor" in kinds:
-        raise SpecError(
-            where,
-            f"{expr.func}() takes per-tensor scalars; use {'maximum' if expr.func == 'max' else 'minimum'}() elementwise",
-            expr.column,
-        )
-    return "tensor" if "tensor" in kinds else "scalar"
+    """Kind of an expression ('tensor' if any operand is elementwise) with name checks.
+
+    ``locals_written`` holds every name the step assigns somewhere, so that reading one too
+    early is reported as read-before-write rather than as an unknown name. The walk is
+    iterative (:func:`optspec.expr.fold`): a chain of thousands of terms is fine.
+    """
+
+    def leaf(node: Expr) -> Kind:
+        if isinstance(node, Num):
+            return "scalar"
+        assert isinstance(node, Name)
+        if node.id in env:
+            return env[node.id]
+        if state is not None and node.id in state:
+            raise _ReadBeforeWrite(f"state slot {node.id!r} has no init and is read before the step writes it", node.column)
+        if locals_written is not None and node.id in locals_written:
+            raise _ReadBeforeWrite(f"local {node.id!r} is read before the step writes it", node.column)
+        raise SpecError(where, f"unknown name {node.id!r}", node.column)
+
+    def combine(node: Expr, kinds: list[Kind]) -> Kind:
+        if isinstance(node, Call):
+            if node.func in REDUCTIONS:
+                return "scalar"
+            if node.func in SCALAR_BINARY_FUNCTIONS and "tensor" in kinds:
+                raise SpecError(
+                    where,
+                    f"{node.func}() takes per-tensor scalars; use {'maximum' if node.func == 'max' else 'minimum'}() elementwise",
+                    node.column,
+                )
+        return "tensor" if "tensor" in kinds else "scalar"
+
+    return fold(expr, leaf, combine)
 
 
 def _check_init_cycles(spec: Spec, state: Mapping[str, StateSlot], label: str) -> None:
