@@ -90,3 +90,56 @@ def test_item1_too_long_an_expression_is_one_spec_error(capsys: pytest.CaptureFi
     specs = write_spec(tmp_path, spec_text(chain(MAX_OPERATIONS + 1)))
     code, _, err = cli(capsys, "list", "--specs", str(specs), "toy")
     one_line_error(code, err, "toy.toml: rule 'toy', step equation 1", f"more than {MAX_OPERATIONS} operators", "characters)")
+
+
+# --------------------------------------------------------------------------- item 4
+
+CASE = '[[cases]]\nid = "x"\ncomment = "A case."\n'
+
+
+@pytest.mark.parametrize(
+    ("domain", "message"),
+    [
+        ("[., inf)", "is not an interval"),
+        ("[-, 1]", "is not an interval"),
+        ("[0, 1e5e5]", "is not an interval"),
+        ("[0, 1e999]", "overflows binary64"),
+        ("[1e-400, 1]", "underflows to 0"),
+        ("[1, 0]", "empty interval"),
+    ],
+)
+def test_item4_bad_domains_are_one_spec_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, domain: str, message: str
+) -> None:
+    specs = write_spec(tmp_path, spec_text("theta = theta - lr * grad", domain=domain))
+    code, _, err = cli(capsys, "list", "--specs", str(specs), "toy")
+    one_line_error(code, err, "toy.toml: rule 'toy', hyperparameter 'lr' domain", message)
+
+
+@pytest.mark.parametrize(
+    ("step", "extra", "message"),
+    [
+        ("theta = theta - lr * grad * 1e-400", "", "column 29: number 1e-400 underflows to 0"),
+        ("theta = theta - lr * grad * \u0661\u0662", "", "column 29: unexpected character '\u0661'"),
+        ("theta = theta - lr * grad", CASE + "steps = 100000000000\n", "case 'x': field steps: 100000000000 must be"),
+        ("theta = theta - lr * grad", CASE + "hyper = { lr = 1e-400 }\n", "line 8: the number 1e-400 underflows to 0"),
+        ("theta = theta - lr * grad", CASE + "hyper = { lr = 1e999 }\n", "line 8: the number 1e999 overflows binary64"),
+        ("theta = theta - lr * grad", CASE + "hyper = { lr = 1" + "0" * 400 + " }\n", "is not a number binary64 can hold"),
+    ],
+)
+def test_item4_numbers_and_steps_are_checked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, step: str, extra: str, message: str
+) -> None:
+    """Unicode digits, literals that underflow or overflow, and unbounded ``steps`` are refused when loading."""
+    specs = write_spec(tmp_path, spec_text(step, extra=extra))
+    code, _, err = cli(capsys, "list", "--specs", str(specs), "toy")
+    one_line_error(code, err, "toy.toml", message)
+
+
+def test_item4_largest_step_count_is_still_accepted() -> None:
+    from optspec.spec import MAX_STEPS
+
+    spec = parse_spec(spec_text("theta = theta - lr * grad", extra=CASE + f"steps = {MAX_STEPS}\n"), "specs/toy.toml")
+    assert spec.case("x").steps == MAX_STEPS, "the bound itself is a valid step count"
+    with pytest.raises(SpecError, match="must be a whole number"):
+        parse_spec(spec_text("theta = theta - lr * grad", extra=CASE + f"steps = {MAX_STEPS + 1}\n"), "specs/toy.toml")

@@ -116,12 +116,12 @@ class Equation:
 
 _TOKEN = re.compile(
     r"""
-    (?P<ws>\s+)
-  | (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    (?P<ws>[ \t\r\n]+)
+  | (?P<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
   | (?P<op>\*\*|<=|>=|==|!=|[-+*/()<>,])
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,
 )
 
 
@@ -246,6 +246,8 @@ class _Parser:
             value = float(tok.text)
             if not math.isfinite(value):
                 raise ExprError(f"number {tok.text} is not finite", tok.column)
+            if value == 0 and any(c in "123456789" for c in re.split("[eE]", tok.text)[0]):
+                raise ExprError(f"number {tok.text} underflows to 0 in binary64", tok.column)
             return Num(value, tok.column)
         if tok.kind == "name":
             self.advance()
@@ -294,7 +296,7 @@ def parse_expr(text: str, offset: int = 0) -> Expr:
     return _Parser(_tokenize(text, offset)).parse()
 
 
-_EQUATION = re.compile(r"^\s*(?:(?P<label>[A-Za-z_][A-Za-z_0-9]*)\s*:)?\s*(?P<target>[A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)")
+_EQUATION = re.compile(r"^\s*(?:(?P<label>[A-Za-z_][A-Za-z_0-9]*)\s*:)?\s*(?P<target>[A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)", re.ASCII)
 
 
 def parse_equation(text: str) -> Equation:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,8 +50,11 @@ from optspec import __version__
 from optspec.errors import ExprError, GoldenError, SpecError, UsageError
 from optspec.expr import REDUCTIONS, Call, Expr, names_in, parse_equation, parse_expr
 from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, Precision, Trajectory, _Compiler
-from optspec.spec import Domain, Hyper, SpecDeclarations, spec_hash, variant_label
+from optspec.spec import Domain, Hyper, SpecDeclarations, as_float, load_toml, spec_hash, variant_label
 from optspec.tolerance import FLOOR_ULPS, PROFILES, K, budgets
+
+#: The longest schedule horizon T (golden values cover 2T + 1 indices, evaluated in several precisions).
+MAX_HORIZON = 1_000_000
 
 INDEX_CONVENTION = (
     "values[n] is the learning rate in effect at optimizer step t = n + 1 (torch.optim.lr_scheduler "
@@ -260,8 +262,10 @@ class ResolvedSchedule:
         env = self.constants(hyper)
         fn, _ = _Compiler(dict.fromkeys(env, "scalar"), FLOAT64, frozenset(env)).compile(self.spec.horizon)
         value = float(fn(env))
-        if not math.isfinite(value) or value < 1:
-            raise SpecError(self.spec.where, f"horizon {self.spec.horizon_text!r} evaluates to {value!r}; it must be >= 1")
+        if not math.isfinite(value) or not 1 <= value <= MAX_HORIZON:
+            raise SpecError(
+                self.spec.where, f"horizon {self.spec.horizon_text!r} evaluates to {value!r}; it must be from 1 to {MAX_HORIZON}"
+            )
         return math.ceil(value)
 
     def evaluate(self, hyper: Mapping[str, float], count: int, precision: Precision = FLOAT64) -> ScheduleValues:
@@ -382,10 +386,7 @@ def load_schedule(path: str | Path, display: str | None = None) -> ScheduleSpec:
 
 
 def parse_schedule(text: str, shown: str) -> ScheduleSpec:
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(shown, f"not valid TOML: {exc}") from None
+    table = load_toml(text, shown)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(table))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -398,10 +399,11 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
     for hname, h in table["hyper"].items():
         if hname in ("n", "pi"):
             raise SpecError(where, f"hyperparameter {hname!r} shadows a built-in name")
-        domain = Domain.parse(h["domain"], bool(h.get("integer", False)))
-        if not domain.contains(float(h["default"])):
+        domain = Domain.parse(h["domain"], bool(h.get("integer", False)), f"{where}, hyperparameter {hname!r} domain")
+        default = as_float(h["default"], f"{where}, hyperparameter {hname!r} default")
+        if not domain.contains(default):
             raise SpecError(where, f"hyperparameter {hname!r}: default {h['default']!r} is outside its domain {domain}")
-        hypers[hname] = Hyper(hname, float(h["default"]), domain, h["doc"])
+        hypers[hname] = Hyper(hname, default, domain, h["doc"])
     knobs: dict[str, ScheduleKnob] = {}
     for kname, k in table.get("variants", {}).items():
         values: dict[str, ScheduleVariantValue] = {}

@@ -79,6 +79,39 @@ STANDARD_CASES: tuple[dict[str, object], ...] = (
     },
 )
 DEFAULT_STEPS = 100
+#: The most steps a case may ask for: the inputs and the float64 trajectory of every step are
+#: kept in memory (a few kB per step), and golden generation runs every case several times.
+MAX_STEPS = 10_000
+
+#: ASCII decimal numbers only: ``\d`` would also accept other scripts' digits.
+_DECIMAL = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_DOMAIN = re.compile(
+    rf"(?P<open>[\[(])\s*(?P<low>-?inf|{_DECIMAL})\s*,\s*(?P<high>[+-]?inf|{_DECIMAL})\s*(?P<close>[\])])", re.ASCII
+)
+
+
+def as_float(value: object, where: str) -> float:
+    """A TOML number as binary64; an integer too large for binary64 is a SpecError, not an OverflowError."""
+    try:
+        result = float(value)  # type: ignore[arg-type]
+    except (OverflowError, TypeError, ValueError):
+        raise SpecError(where, f"{quoted(str(value))} is not a number binary64 can hold") from None
+    if isinstance(value, int) and math.isfinite(result) and abs(result) > 2.0**53 and int(result) != value:
+        raise SpecError(where, f"the integer {quoted(str(value))} is not exactly representable in binary64")
+    return result
+
+
+def parse_decimal(text: str) -> float:
+    """A decimal literal as binary64; ValueError when it overflows or a nonzero value underflows to 0."""
+    if not re.fullmatch(_DECIMAL, text, re.ASCII):
+        raise ValueError(f"{text!r} is not a decimal number")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} overflows binary64; write inf for an unbounded end")
+    mantissa = re.split(r"[eE]", text)[0]
+    if value == 0 and any(c in "123456789" for c in mantissa):
+        raise ValueError(f"the number {text} underflows to 0 in binary64")
+    return value
 
 
 @dataclass(frozen=True)
@@ -92,10 +125,27 @@ class Domain:
     integer: bool = False
 
     @classmethod
-    def parse(cls, text: str, integer: bool = False) -> Domain:
-        text = text.strip()
-        low_text, high_text = (part.strip() for part in text[1:-1].split(","))
-        return cls(float(low_text), float(high_text), text[0] == "[", text[-1] == "]", integer)
+    def parse(cls, text: str, integer: bool = False, where: str = "domain") -> Domain:
+        """``[low, high]`` with ``(`` / ``)`` for open ends; a bound is a decimal number or ``inf``.
+
+        Anything else (``"[., inf)"``, ``"[0, 1e5e5]"``, a bound that underflows to 0 or
+        overflows, ``low > high``) is a :class:`~optspec.errors.SpecError` at ``where``.
+        """
+        match = _DOMAIN.fullmatch(text.strip())
+        if match is None:
+            raise SpecError(where, f"{quoted(text)} is not an interval like '[0, 1)' or '(0, inf)'")
+        bounds = []
+        for part in ("low", "high"):
+            bound = match.group(part)
+            try:
+                bounds.append(float(bound) if bound.lstrip("+-") == "inf" else parse_decimal(bound))
+            except ValueError as exc:
+                raise SpecError(where, f"{quoted(text)}: {exc}") from None
+        low, high = bounds
+        low_closed, high_closed = match.group("open") == "[", match.group("close") == "]"
+        if low > high or (low == high and not (low_closed and high_closed)):
+            raise SpecError(where, f"{quoted(text)} is an empty interval")
+        return cls(low, high, low_closed, high_closed, integer)
 
     def contains(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -222,7 +272,8 @@ class SpecDeclarations:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is not a number")
             domain = self.hyper[name].domain
-            if not domain.contains(float(value)):
+            value = as_float(value, f"{where or self.where}, hyperparameter {name!r}")
+            if not domain.contains(value):
                 raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is outside its domain {domain}")
             values[name] = float(value)
         return values
@@ -334,12 +385,39 @@ def load_spec(path: str | Path, display: str | None = None, inner: Callable[[str
     return parse_spec(text, shown, inner)
 
 
-def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None) -> Spec:
-    """Parse and check a spec; ``inner`` resolves the rules a composite spec (``[inner]``) names."""
+class _BadFloat(Exception):
+    def __init__(self, literal: str, message: str) -> None:
+        super().__init__(message)
+        self.literal = literal
+        self.message = message
+
+
+def _toml_float(literal: str) -> float:
+    """tomllib's ``parse_float``: refuse literals that overflow or underflow to 0 instead of keeping inf or 0."""
+    if literal.lstrip("+-") in ("inf", "nan"):
+        return float(literal)
     try:
-        table = tomllib.loads(text)
+        return parse_decimal(literal.replace("_", ""))
+    except ValueError as exc:
+        raise _BadFloat(literal, str(exc)) from None
+
+
+def load_toml(text: str, shown: str) -> dict[str, Any]:
+    """``tomllib.loads`` with every failure (syntax, a number binary64 cannot hold, nesting) as one SpecError."""
+    try:
+        return tomllib.loads(text, parse_float=_toml_float)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(shown, f"not valid TOML: {exc}") from None
+    except _BadFloat as exc:
+        line = text[: text.find(exc.literal)].count("\n") + 1 if exc.literal in text else None
+        raise SpecError(shown, f"line {line}: {exc.message}" if line else exc.message) from None
+    except RecursionError:
+        raise SpecError(shown, "not valid TOML: arrays or tables nested too deeply") from None
+
+
+def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None) -> Spec:
+    """Parse and check a spec; ``inner`` resolves the rules a composite spec (``[inner]``) names."""
+    table = load_toml(text, shown)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(table))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -355,10 +433,11 @@ def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None
         _check_identifier(hname, f"{rule_where}, hyperparameter {hname!r}")
         if hname in BUILTIN_NAMES and hname != "lr":
             raise SpecError(rule_where, f"hyperparameter {hname!r} shadows a built-in name")
-        domain = Domain.parse(h["domain"], bool(h.get("integer", False)))
-        if not domain.contains(float(h["default"])):
+        domain = Domain.parse(h["domain"], bool(h.get("integer", False)), f"{rule_where}, hyperparameter {hname!r} domain")
+        default = as_float(h["default"], f"{rule_where}, hyperparameter {hname!r} default")
+        if not domain.contains(default):
             raise SpecError(rule_where, f"hyperparameter {hname!r}: default {h['default']!r} is outside its domain {domain}")
-        hypers[hname] = Hyper(hname, float(h["default"]), domain, h["doc"])
+        hypers[hname] = Hyper(hname, default, domain, h["doc"])
 
     state = {sname: _slot(sname, s, f"{rule_where}, state {sname!r}") for sname, s in table.get("state", {}).items()}
     step = tuple(
@@ -571,12 +650,19 @@ def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec
                 grads=str(table.get("grads", "standard")),
                 lr_multiplier=lr_expr,
                 lr_multiplier_text=None if lr_text is None else str(lr_text),
-                steps=int(table.get("steps", DEFAULT_STEPS)),
+                steps=_steps(table, where),
                 schedule=_case_schedule(table, lr_text, hyper, where),
                 zero_params=tuple(int(i) for i in table.get("zero_params", [])),
             )
         )
     return tuple(cases)
+
+
+def _steps(table: Mapping[str, object], where: str) -> int:
+    steps = table.get("steps", DEFAULT_STEPS)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise SpecError(where, f"field steps: {steps!r} must be a whole number from 1 to {MAX_STEPS}")
+    return steps
 
 
 def _case_schedule(table: Mapping[str, object], lr_text: object, hyper: Mapping[str, float], where: str) -> object | None:
