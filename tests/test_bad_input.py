@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optspec.cli import main
@@ -143,3 +145,171 @@ def test_item4_largest_step_count_is_still_accepted() -> None:
     assert spec.case("x").steps == MAX_STEPS, "the bound itself is a valid step count"
     with pytest.raises(SpecError, match="must be a whole number"):
         parse_spec(spec_text("theta = theta - lr * grad", extra=CASE + f"steps = {MAX_STEPS + 1}\n"), "specs/toy.toml")
+
+
+# --------------------------------------------------------------------------- items 2 and 3: golden files
+
+
+def golden_error(path: Path, *fragments: str) -> str:
+    """read_golden refuses the file with a one-line GoldenError naming every fragment; return the line."""
+    from optspec.errors import GoldenError
+    from optspec.golden import read_golden
+    from optspec.spec import SpecLibrary
+
+    with pytest.raises(GoldenError) as info:
+        read_golden(path, SpecLibrary().get(path.stem))
+    line = str(info.value)
+    assert "\n" not in line and len(line) <= 1000, f"not one short line: {line[:2000]!r}"
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} is not in the error {line!r}"
+    return line
+
+
+def golden_copy(tmp_path: Path) -> Path:
+    golden = tmp_path / "golden"
+    shutil.copytree(REPO_GOLDEN, golden)
+    return golden
+
+
+def rehash(path: Path, edit) -> None:
+    """Apply ``edit`` to the parsed file and store it with a recomputed content hash (a tamperer's edit)."""
+    from optspec.golden import content_hash
+
+    doc = json.loads(path.read_text())
+    edit(doc)
+    doc["contentSha256"] = content_hash(doc)
+    path.write_text(json.dumps(doc))
+
+
+def first_record(doc: dict) -> dict:
+    return doc["testGroups"][0]["tests"][0]["expected"][0]
+
+
+def nan_array(shape: list[int]) -> dict:
+    from optspec.golden import encode_array
+
+    return encode_array(np.full(shape, np.nan))
+
+
+def zeros(shape: list[int]) -> dict:
+    from optspec.golden import encode_array
+
+    return encode_array(np.zeros(shape))
+
+
+def shifted(array: dict) -> dict:
+    """The stored array with 1e-3 added to every element."""
+    from optspec.golden import decode_array, encode_array
+
+    return encode_array(decode_array(array, "test") + 1e-3)
+
+
+def test_item2_nan_budget_fails_the_comparison() -> None:
+    """``not (error <= budget)``: a NaN budget, or a NaN expected value, can no longer pass."""
+    from optspec.conformance import compare
+    from optspec.golden import generate
+    from optspec.spec import SpecLibrary
+
+    spec = SpecLibrary().get("sgd")
+    test = generate(spec).tests[0]
+    observed = {step: [dict(s) for s in tensors] for step, tensors in test.expected.items()}
+    assert compare(test, observed, "float64", "sgd").ok, "the reference itself must conform to its own golden test"
+    nan_atol = {p: {s: [{k: math.nan for k in slots} for slots in t] for s, t in per.items()} for p, per in test.atol.items()}
+    result = compare(replace(test, atol=nan_atol), observed, "float64", "sgd")
+    assert not result.ok, "a NaN budget must fail the comparison, not pass every implementation"
+    nan_expected = {s: [{k: np.full_like(v, np.nan) for k, v in slots.items()} for slots in t] for s, t in test.expected.items()}
+    result = compare(replace(test, expected=nan_expected), observed, "float64", "sgd")
+    assert not result.ok and "non-finite" in result.message, f"a NaN expected value must fail: {result.message}"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: first_record(d)["atol"]["float64"]["theta"].__setitem__(0, math.nan), "NaN is not a JSON number"),
+        (lambda d: first_record(d)["atol"]["float32"]["b"].__setitem__(1, math.inf), "Infinity is not a JSON number"),
+        (lambda d: first_record(d)["values"]["theta"].__setitem__(0, nan_array([])), "theta[0]: holds a NaN or infinite"),
+    ],
+)
+def test_item2_non_finite_budgets_and_values_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, edit, message: str
+) -> None:
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    shutil.copy(REPO_GOLDEN / "sgd.json", golden / "sgd.json")
+    rehash(golden / "sgd.json", edit)
+    golden_error(golden / "sgd.json", message)
+    code, out, err = cli(capsys, "run", "--rule", "sgd", "--impl", "torch.for-loop", "--dir", str(golden))
+    one_line_error(code, err, "sgd.json", message)
+    assert "conform" not in out, f"`optspec run` ran checks against a file with NaN budgets: {out[-500:]}"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: first_record(d)["values"]["theta"].__setitem__(2, shifted(first_record(d)["values"]["theta"][2])), "stored"),
+        (
+            lambda d: [
+                r["atol"]["float32"].__setitem__("theta", [10 * x for x in r["atol"]["float32"]["theta"]])
+                for g in d["testGroups"]
+                for t in g["tests"]
+                for r in t["expected"]
+            ],
+            "stored budget",
+        ),
+    ],
+)
+def test_item2_validate_catches_a_tampered_value_with_a_recomputed_hash(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, edit, message: str
+) -> None:
+    """The content hash is recomputable; validate regenerates a sample and catches the edit."""
+    golden = golden_copy(tmp_path)
+    path = golden / "sgd.json"
+    # The edit is applied to every test, so that whichever test the sample picks is a tampered one.
+    rehash(path, lambda d: [edit({"testGroups": [{"tests": [t]}]}) for g in d["testGroups"] for t in g["tests"]])
+    from optspec.golden import read_golden
+
+    read_golden(path)  # the hash was recomputed: the reader alone cannot tell
+    code, _, err = cli(capsys, "validate", "--dir", str(golden), "--sample", "1", "--seed", "7")
+    one_line_error(code, err, "sgd.json: test 'sgd/", message, "tampered", "--seed 7")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[" * 100000 + b"]" * 100000, "JSON nested 100000 levels deep"),
+        (b'{"format": "optspec-golden/1", "rule": "\xff\xfe"}', "not UTF-8 text (byte 0xff at offset 40)"),
+        (b"[]", "does not match golden.schema.json at (top level): [] is not of type 'object'"),
+        (b'"a string"', "does not match golden.schema.json at (top level): 'a string' is not of type 'object'"),
+        (b'{"x": 1' + b"0" * 5000 + b"}", "has 5001 digits"),
+    ],
+)
+def test_item3_corrupt_files_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes, message: str
+) -> None:
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    (golden / "sgd.json").write_bytes(content)
+    golden_error(golden / "sgd.json", "sgd.json", message)
+    code, _, err = cli(capsys, "golden", "--check", "--dir", str(golden), "sgd")
+    assert code == 1 and "Traceback" not in err, f"golden --check on a corrupt file: exit {code}, {err[-2000:]}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "sgd.json" in lines[0] and message in lines[0], f"golden --check: {lines}"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: first_record(d)["values"].pop("b"), "values: slot 'b' of the group's slots (theta, b) is missing"),
+        (lambda d: first_record(d)["atol"]["float32"].pop("theta"), "atol float32: slot 'theta' of the group's slots"),
+        (lambda d: first_record(d)["values"]["theta"].pop(), "values: slot 'theta' has 4 entries for 5 tensors"),
+        (lambda d: first_record(d)["values"].__setitem__("c", first_record(d)["values"]["b"]), "unknown slot 'c'"),
+        (lambda d: d["inputs"]["defaults"]["grads"].__setitem__(0, zeros([])), "shapes of params, grads and lrMultipliers"),
+    ],
+)
+def test_item3_structural_edits_with_a_recomputed_hash(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, edit, message: str
+) -> None:
+    path = tmp_path / "sgd.json"
+    shutil.copy(REPO_GOLDEN / "sgd.json", path)
+    rehash(path, edit)
+    golden_error(path, "sgd.json", message)

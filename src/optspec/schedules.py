@@ -50,7 +50,7 @@ from optspec import __version__
 from optspec.errors import ExprError, GoldenError, SpecError, UsageError
 from optspec.expr import REDUCTIONS, Call, Expr, names_in, parse_equation, parse_expr
 from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, Precision, Trajectory, _Compiler
-from optspec.spec import Domain, Hyper, SpecDeclarations, as_float, load_toml, spec_hash, variant_label
+from optspec.spec import Domain, Hyper, SpecDeclarations, as_float, load_toml, quoted, spec_hash, variant_label
 from optspec.tolerance import FLOOR_ULPS, PROFILES, K, budgets
 
 #: The longest schedule horizon T (golden values cover 2T + 1 indices, evaluated in several precisions).
@@ -689,22 +689,14 @@ def _golden_schema() -> dict[str, Any]:
 
 def read_schedule_golden(path: str | Path, spec: ScheduleSpec | None = None, shown: str | None = None) -> ScheduleGoldenFile:
     """Load and verify a schedule golden file; every problem is a one-line GoldenError."""
-    from optspec.golden import content_hash, decode_array
+    from optspec.golden import content_hash, decode_array, load_json, schema_error
 
     path = Path(path)
     shown = shown or str(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GoldenError(f"{shown}: schedule golden file is missing; run `optspec golden` to generate it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GoldenError(f"{shown}: cannot read golden file ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise GoldenError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_golden_schema()).iter_errors(doc))
+    doc = load_json(path, shown, "schedule golden file")
+    error = schema_error(doc, _golden_schema(), shown, "schedule-golden.schema.json")
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise GoldenError(f"{shown}: does not match schedule-golden.schema.json at {where}: {error.message}")
+        raise error
     if doc["contentSha256"] != content_hash(doc):
         raise GoldenError(f"{shown}: content hash mismatch: the file was edited by hand or corrupted; regenerate it")
     if spec is not None and doc["spec"]["sha256"] != spec.sha256:
@@ -712,13 +704,18 @@ def read_schedule_golden(path: str | Path, spec: ScheduleSpec | None = None, sho
     tests = []
     for group in doc["testGroups"]:
         for item in group["tests"]:
-            where = f"{shown}: test {item['name']!r}"
+            where = f"{shown}: test {quoted(item['name'])}"
             expected = {out: decode_array(a, f"{where} {out}") for out, a in item["values"].items()}
             defined = expected["lr"].shape
+            if len(defined) != 1:
+                raise GoldenError(f"{where}: lr values must be a 1-d array, not shape {list(defined)[:8]}")
             atol = {p: {out: np.array(v, dtype=np.float64) for out, v in item["atol"][p].items()} for p in PROFILES}
             for out, values in expected.items():
                 if values.shape != defined or any(atol[p].get(out, np.empty(0)).shape != defined for p in PROFILES):
                     raise GoldenError(f"{where}: {out} values and budgets must have one entry per defined index")
+            for p in PROFILES:
+                if set(atol[p]) != set(expected):
+                    raise GoldenError(f"{where}: the {p} budgets cover {sorted(atol[p])}, the values {sorted(expected)}")
             until = item["definedUntil"]
             if (until is None and defined[0] != item["count"]) or (until is not None and until != defined[0]):
                 raise GoldenError(f"{where}: definedUntil={until} disagrees with {defined[0]} values of {item['count']}")
@@ -749,21 +746,21 @@ def write_schedules(specs: Iterable[ScheduleSpec], directory: Path) -> list[Path
 
 def check_schedules(specs: Iterable[ScheduleSpec], directory: Path) -> list[str]:
     """Regenerate in memory; one message per schedule golden file that differs."""
-    from optspec.golden import dumps
+    from optspec.golden import dumps, load_json, schema_error
 
     problems = []
     for spec in specs:
         path = directory / f"{spec.name}.json"
         fresh = json.loads(dumps(schedule_document(generate_schedule(spec), spec)))
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            problems.append(f"{path}: missing; run `optspec golden`")
+            stored = load_json(path, str(path), "schedule golden file")
+        except GoldenError as exc:
+            problems.append(str(exc))
             continue
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{path}: unreadable ({exc})")
-            continue
-        if stored != fresh:
+        error = schema_error(stored, _golden_schema(), str(path), "schedule-golden.schema.json") if stored != fresh else None
+        if error is not None:
+            problems.append(f"{error}; run `optspec golden`")
+        elif stored != fresh:
             names = [t["name"] for g in fresh["testGroups"] for t in g["tests"]]
             old = {t["name"]: t for g in stored.get("testGroups", []) for t in g.get("tests", [])}
             first = next(
@@ -805,7 +802,7 @@ def compare_schedule(
         diff = np.where(np.isfinite(got), np.abs(got - want), np.inf)
         ratio = np.where(budget > 0, diff / np.where(budget > 0, budget, 1.0), np.where(diff == 0, 0.0, np.inf))
         worst = max(worst, float(ratio.max()))
-        bad = np.nonzero(diff > budget)[0]
+        bad = np.nonzero(~(diff <= budget))[0]  # NaN (error or budget) fails
         if bad.size:
             n = int(bad[0])
             return ScheduleComparison(

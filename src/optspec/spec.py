@@ -90,6 +90,23 @@ _DOMAIN = re.compile(
 )
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """``repr(text)``, shortened in the middle when longer than ``limit``: error lines stay short."""
+    if len(text) <= limit:
+        return repr(text)
+    keep = limit // 2
+    return f"{text[:keep]!r}...{text[-keep // 2 :]!r} ({len(text)} characters)"
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` on one line (newlines shown as ``\\n``), cut in the middle when longer than ``limit``."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}...{text[-keep // 2 :]} ({len(text)} characters)"
+
+
 def as_float(value: object, where: str) -> float:
     """A TOML number as binary64; an integer too large for binary64 is a SpecError, not an OverflowError."""
     try:
@@ -421,7 +438,7 @@ def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(table))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise SpecError(shown, f"field {where}: {error.message}")
+        raise SpecError(shown, f"field {shorten(where, 120)}: {shorten(error.message, 200)}")
     name = str(table["name"])
     stem = Path(shown).stem
     if stem != name and not shown.startswith("<"):
@@ -586,14 +603,6 @@ def _renamed_equation(eq: Equation, rename: Mapping[str, str]) -> Equation:
 def _check_identifier(name: str, where: str) -> None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name):
         raise SpecError(where, f"{name!r} is not a valid name (letters, digits, underscore)")
-
-
-def quoted(text: str, limit: int = 80) -> str:
-    """``repr(text)``, shortened in the middle when longer than ``limit``: error lines stay short."""
-    if len(text) <= limit:
-        return repr(text)
-    keep = limit // 2
-    return f"{text[:keep]!r}...{text[-keep // 2 :]!r} ({len(text)} characters)"
 
 
 def _equation(text: str, where: str) -> Located:
