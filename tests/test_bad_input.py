@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -313,3 +318,231 @@ def test_item3_structural_edits_with_a_recomputed_hash(
     shutil.copy(REPO_GOLDEN / "sgd.json", path)
     rehash(path, edit)
     golden_error(path, "sgd.json", message)
+
+
+# --------------------------------------------------------------------------- items 5 to 8, 10 and 11: check and the CLI
+
+TARGETS = '''
+import os, sys, time
+import torch
+
+
+class Forks(torch.optim.Adam):
+    """Forks once, in its first step; the child goes on with the run."""
+
+    def step(self, closure=None):
+        if not getattr(Forks, "forked", False):
+            Forks.forked = True
+            os.fork()
+        return super().step(closure)
+
+
+class Interrupts(torch.optim.Adam):
+    def step(self, closure=None):
+        raise KeyboardInterrupt
+
+
+class Loud(torch.optim.Adam):
+    def step(self, closure=None):
+        print("x" * 20000)
+        os.write(2, b"written by C code to fd 2\\n")
+        return super().step(closure)
+
+
+class SpawnsAndHangs(torch.optim.Adam):
+    def step(self, closure=None):
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "1000"])
+        with open(os.environ["OPTSPEC_TEST_PIDS"], "w") as handle:
+            handle.write(f"{os.getpid()} {child.pid}")
+        while True:
+            time.sleep(1)
+'''
+
+
+@pytest.fixture()
+def targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory holding the hostile targets (module ``hostile``) and a few broken modules, made the cwd."""
+    pytest.importorskip("torch")
+    (tmp_path / "hostile.py").write_text(TARGETS)
+    (tmp_path / "badimport.py").write_text('raise ImportError("line one\\nline two\\nline three")\n')
+    (tmp_path / "hangimport.py").write_text("import time\ntime.sleep(1000)\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_item5_output_paths_are_checked_before_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("")
+    cases = [
+        (["check", "adam", "torch.optim:Adam", "--json", str(tmp_path)], "--json", "is a directory"),
+        (["run", "--rule", "sgd", "--json", str(tmp_path)], "--json", "is a directory"),
+        (["run", "--rule", "sgd", "--json", str(tmp_path / "file.txt" / "out.json")], "file.txt is not a directory", ""),
+        (["golden", "sgd", "--dir", str(tmp_path / "file.txt" / "golden")], "--dir", "file.txt is not a directory"),
+    ]
+    for argv, *fragments in cases:
+        code, out, err = cli(capsys, *argv)
+        one_line_error(code, err, *fragments)
+        assert out == "", f"optspec {' '.join(argv)} did work before refusing its output path: {out[:300]}"
+
+
+def _writable(directory: Path) -> bool:
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def test_item5_golden_in_a_read_only_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """As root chmod does not stop a write, so the test uses sysfs there (read-only to everyone)."""
+    readonly = tmp_path / "golden"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    try:
+        if _writable(readonly):
+            readonly = Path("/sys/optspec-golden")
+            if not Path("/sys").is_dir() or _writable(Path("/sys")):
+                pytest.skip("this user can write everywhere (root without a read-only /sys)")
+        code, out, err = cli(capsys, "golden", "sgd", "--dir", str(readonly))
+        one_line_error(code, err, f"--dir {readonly}: cannot write in")
+        assert out == "", f"golden wrote something before refusing: {out}"
+    finally:
+        (tmp_path / "golden").chmod(0o755)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e300"])
+def test_item6_bad_timeouts_are_one_line(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, _, err = cli(capsys, "check", "adam", "torch.optim:Adam", "--timeout", value)
+    one_line_error(code, err, f"--timeout {float(value):g}")
+
+
+def test_item6_timeout_bounds_importing_the_target(capsys: pytest.CaptureFixture[str], targets: Path) -> None:
+    start = time.monotonic()
+    code, _, err = cli(capsys, "check", "adam", "hangimport:Adam", "--timeout", "5", "--no-behaviour")
+    elapsed = time.monotonic() - start
+    one_line_error(code, err, "cannot load target 'hangimport:Adam'", "time limit of 5 s")
+    assert elapsed < 60, f"a module that hangs on import took {elapsed:.0f} s with --timeout 5"
+
+
+def test_item7_a_target_that_forks_fails_that_case_and_answers_stay_paired(targets: Path) -> None:
+    from optspec.checking.runner import check
+
+    report = check("adam", "hostile:Forks", behaviour=False, dtypes=("float64",), timeout=60, steps=10)
+    by_case = {c.case: c for c in report.cases}
+    assert by_case["defaults"].status == "fails" and "forked a child process" in by_case["defaults"].message, by_case
+    for case in ("zero_grad", "knobs"):
+        assert by_case[case].status == "conforms", f"case {case} got a stray answer from the forked copy: {by_case[case]}"
+
+
+def test_item7_replies_are_matched_to_requests(targets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from optspec.checking.worker import Isolated, TargetFailure
+
+    monkeypatch.syspath_prepend(str(targets))  # the spawned worker starts with this sys.path
+    (targets / "forky.py").write_text("import os\n\ndef fork(x):\n    os.fork()\n    return x\n\ndef echo(x):\n    return x\n")
+    executor = Isolated()
+    try:
+        assert executor.call("forky:echo", 1, timeout=60) == 1
+        with pytest.raises(TargetFailure, match="forked a child process"):
+            executor.call("forky:fork", 2, timeout=60)
+        assert [executor.call("forky:echo", i, timeout=60) for i in (3, 4, 5)] == [3, 4, 5], "answers paired with the wrong call"
+    finally:
+        executor.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process state from /proc (Linux)")
+def test_item8_sigterm_leaves_no_worker_tracker_or_target_child(targets: Path) -> None:
+    pids = targets / "pids.txt"
+    env = {**os.environ, "OPTSPEC_TEST_PIDS": str(pids)}
+    command = [
+        sys.executable,
+        "-m",
+        "optspec.cli",
+        "check",
+        "adam",
+        "hostile:SpawnsAndHangs",
+        "--no-behaviour",
+        "--timeout",
+        "300",
+    ]
+    process = subprocess.Popen(command, cwd=targets, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert pids.exists(), f"the target never ran: {process.communicate(timeout=30)}"
+        worker, child = (int(x) for x in pids.read_text().split())
+        helpers = _children(process.pid)  # the worker and multiprocessing's resource tracker
+        assert worker in helpers and len(helpers) >= 2, f"expected a worker and a resource tracker, found {helpers}"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, f"exit {process.returncode}; stderr {err[-2000:]}"
+    assert err.strip() == "optspec: terminated" and "Traceback" not in out, f"stderr {err[-2000:]!r}"
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in [child, *helpers]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in [child, *helpers] if _alive(p)]
+    assert not left, f"processes left running after SIGTERM: {left} (worker {worker}, target child {child})"
+
+
+def test_item10_keyboard_interrupt_in_the_target_is_one_line_per_case(capsys: pytest.CaptureFixture[str], targets: Path) -> None:
+    code, out, err = cli(capsys, "check", "adam", "hostile:Interrupts", "--no-behaviour")
+    assert code == 1 and "Traceback" not in out + err, f"exit {code}: {err[-3000:]}"
+    fails = [line for line in out.splitlines() if line.startswith("FAIL case")]
+    assert len(fails) == 6 and all("KeyboardInterrupt at " in line and "hostile.py" in line for line in fails), fails
+    assert len(out.splitlines()) < 40, f"{len(out.splitlines())} lines of output for six failing cases"
+
+
+def test_item10_import_error_with_newlines_is_one_line(capsys: pytest.CaptureFixture[str], targets: Path) -> None:
+    code, _, err = cli(capsys, "check", "adam", "badimport:Adam")
+    one_line_error(code, err, "cannot import module 'badimport'", "ImportError: line one | line two | line three")
+
+
+def test_item10_target_output_is_captured_once_and_truncated(capsys: pytest.CaptureFixture[str], targets: Path) -> None:
+    code, out, err = cli(capsys, "check", "adam", "hostile:Loud", "--no-behaviour")
+    assert code == 0, f"Loud is Adam and conforms; exit {code}: {err[-2000:]}"
+    assert len(out) + len(err) < 10000, f"optspec printed {len(out) + len(err)} characters: the target's output flooded it"
+    assert out.count("target output (") == 1 and "bytes in all)" in out, out[-3000:]
+
+
+def test_item10_a_huge_field_is_not_echoed_whole(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    huge = "1" + "0" * 10_000_000
+    code, _, err = cli(capsys, "check", "adam", "torch.optim:Adam", "--hyper", f"lr=x{huge}")
+    one_line_error(code, err, "--hyper lr=x100000")
+    specs = write_spec(tmp_path, spec_text(f"theta = theta - lr * grad * {huge}x"))
+    code, _, err = cli(capsys, "list", "--specs", str(specs), "toy")
+    one_line_error(code, err, "toy.toml: rule 'toy', step equation 1", "(10000030 characters)", "is not finite")
+
+
+def test_item11_docs_say_isolation_is_not_security() -> None:
+    text = " ".join((ROOT / "docs" / "check.md").read_text().split())
+    for phrase in ("robustness, not security", "with your rights", "current directory first on `sys.path`"):
+        assert phrase in text, f"docs/check.md does not say {phrase!r}"

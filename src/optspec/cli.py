@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except OptspecError as exc:
-        print(f"optspec: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"optspec: error: {_one_line(str(exc), ERROR_LIMIT - 100)}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
         print("optspec: terminated", file=sys.stderr)

@@ -125,6 +125,11 @@ _TOKEN = re.compile(
 )
 
 
+def _short(text: str, limit: int = 40) -> str:
+    """A token as shown in a message: a 10 MB number or name is cut to its first characters."""
+    return text if len(text) <= limit else f"{text[: limit - 10]}...({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class _Tok:
     kind: str  # num, name, op, end
@@ -182,14 +187,14 @@ class _Parser:
 
     def expect(self, text: str) -> _Tok:
         if self.tok.text != text or self.tok.kind != "op":
-            found = "end of expression" if self.tok.kind == "end" else repr(self.tok.text)
+            found = "end of expression" if self.tok.kind == "end" else repr(_short(self.tok.text))
             raise ExprError(f"expected {text!r}, found {found}", self.tok.column)
         return self.advance()
 
     def parse(self) -> Expr:
         expr = self.comparison()
         if self.tok.kind != "end":
-            raise ExprError(f"unexpected {self.tok.text!r} after a complete expression", self.tok.column)
+            raise ExprError(f"unexpected {_short(self.tok.text)!r} after a complete expression", self.tok.column)
         return expr
 
     def comparison(self) -> Expr:
@@ -245,9 +250,9 @@ class _Parser:
             self.advance()
             value = float(tok.text)
             if not math.isfinite(value):
-                raise ExprError(f"number {tok.text} is not finite", tok.column)
+                raise ExprError(f"number {_short(tok.text)} is not finite", tok.column)
             if value == 0 and any(c in "123456789" for c in re.split("[eE]", tok.text)[0]):
-                raise ExprError(f"number {tok.text} underflows to 0 in binary64", tok.column)
+                raise ExprError(f"number {_short(tok.text)} underflows to 0 in binary64", tok.column)
             return Num(value, tok.column)
         if tok.kind == "name":
             self.advance()
@@ -263,13 +268,13 @@ class _Parser:
             self.expect(")")
             self.depth -= 1
             return inner
-        found = "end of expression" if tok.kind == "end" else repr(tok.text)
+        found = "end of expression" if tok.kind == "end" else repr(_short(tok.text))
         raise ExprError(f"expected a number, a name or '(', found {found}", tok.column)
 
     def call(self, name: _Tok) -> Expr:
         if name.text not in FUNCTION_ARITY:
             known = ", ".join(sorted(FUNCTION_ARITY))
-            raise ExprError(f"unknown function {name.text!r} (known: {known})", name.column)
+            raise ExprError(f"unknown function {_short(name.text)!r} (known: {known})", name.column)
         self.expect("(")
         self.nest(name.column)
         args: list[Expr] = []
