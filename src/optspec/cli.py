@@ -72,7 +72,15 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     # Expressions may hold thousands of terms (optspec.expr.MAX_OPERATIONS); the reference
     # compiler recurses per term.
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, RECURSION_LIMIT))
+    try:
+        return _main(argv)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

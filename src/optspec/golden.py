@@ -7,8 +7,11 @@ stored bit-exactly as base64 of little-endian IEEE-754 binary64. The format is d
 for consumers in any language in ``conformance/README.md`` and checked by
 ``conformance/golden/golden.schema.json``.
 
-A ``contentSha256`` over the canonical JSON of everything else detects hand edits and
-corruption; :func:`read_golden` refuses such a file with a one-line error.
+A ``contentSha256`` over the canonical JSON of everything else detects corruption and
+careless hand edits, not tampering (anyone can recompute it; ``optspec validate`` regenerates
+a sample of tests for that); :func:`read_golden` refuses such a file, and any file that is not
+well-formed (nesting, encoding, NaN or infinite numbers, missing or extra slots), with a
+one-line error.
 """
 
 from __future__ import annotations
