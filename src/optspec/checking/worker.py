@@ -291,7 +291,9 @@ class Isolated:
                 reply = self._connection.recv()
                 if isinstance(reply, tuple) and len(reply) == 3 and reply[0] == request:
                     break
-                self.strays.append((reply[0] if isinstance(reply, tuple) and reply else -1, str(reply[1:2])))
+                # A stray: an answer to another request (or not an answer at all); dropped.
+                is_reply = isinstance(reply, tuple) and len(reply) == 3
+                self.strays.append((reply[0] if is_reply else -1, str(reply[1]) if is_reply else type(reply).__name__))
             _, status, payload = reply
         except (EOFError, OSError, BrokenPipeError):
             if self._process is not None:
