@@ -136,13 +136,18 @@ def compare(
                 ratio = max_abs / budget if budget > 0 else (0.0 if max_abs == 0 else np.inf)
                 if ratio > worst_ratio:
                     worst_abs, worst_budget, worst_ratio = max_abs, budget, ratio
-                if first is None and max_abs > budget:
+                # not (error <= budget): a NaN error or a NaN budget fails instead of passing
+                if first is None and not (max_abs <= budget):
                     scale = np.maximum(np.abs(want), np.finfo(np.float64).tiny)
                     rel = float((diff / scale).max()) if diff.size else 0.0
                     where = int(np.argmax(diff)) if diff.size else 0
                     flat_got = float(got.reshape(-1)[where]) if got.size else float("nan")
                     flat_want = float(want.reshape(-1)[where]) if want.size else float("nan")
-                    what = "non-finite value" if not finite.all() else f"max abs error {max_abs:.3e} > budget {budget:.3e}"
+                    what = (
+                        "non-finite value"
+                        if not finite.all() or not np.isfinite(max_abs)
+                        else f"max abs error {max_abs:.3e} > budget {budget:.3e}"
+                    )
                     first = (
                         f"{context}: step {step}, tensor {index} {shape}, slot {slot}: {what} "
                         f"(max rel error {rel:.3e}; element {where}: got {flat_got!r}, expected {flat_want!r})"

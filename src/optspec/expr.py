@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from optspec.errors import ExprError
 
@@ -49,6 +50,19 @@ FUNCTION_ARITY: dict[str, int] = {
 }
 
 COMPARISONS = ("<=", ">=", "==", "!=", "<", ">")
+
+T = TypeVar("T")
+
+#: At most this many binary operators in one expression. The walks in this module and in
+#: :mod:`optspec.spec` keep their own stacks, but the evaluators that consume an AST
+#: (the reference compiler, the code generators) recurse once or a few times per level of
+#: a left-deep chain ``a + b + c + ...``; the command line raises Python's recursion
+#: limit to :data:`RECURSION_LIMIT` so that every expression accepted here can be evaluated.
+MAX_OPERATIONS = 4000
+#: Enough Python frames for the deepest accepted expression (nesting <= 100 plus
+#: MAX_OPERATIONS left-deep operators) in a recursive evaluator that uses up to five
+#: frames per level; below the depth at which C-level recursion would exhaust the stack.
+RECURSION_LIMIT = 5 * (MAX_OPERATIONS + 2 * 100) + 2000
 
 
 @dataclass(frozen=True)
@@ -102,13 +116,18 @@ class Equation:
 
 _TOKEN = re.compile(
     r"""
-    (?P<ws>\s+)
-  | (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    (?P<ws>[ \t\r\n]+)
+  | (?P<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
   | (?P<op>\*\*|<=|>=|==|!=|[-+*/()<>,])
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,
 )
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """A token as shown in a message: a 10 MB number or name is cut to its first characters."""
+    return text if len(text) <= limit else f"{text[: limit - 10]}...({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -143,6 +162,13 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
         self.depth = 0
+        self.operations = 0
+
+    def operation(self, column: int) -> None:
+        """Count one binary operator; more than :data:`MAX_OPERATIONS` in one expression is an error."""
+        self.operations += 1
+        if self.operations > MAX_OPERATIONS:
+            raise ExprError(f"more than {MAX_OPERATIONS} operators in one expression; split it into several equations", column)
 
     def nest(self, column: int) -> None:
         self.depth += 1
@@ -161,20 +187,21 @@ class _Parser:
 
     def expect(self, text: str) -> _Tok:
         if self.tok.text != text or self.tok.kind != "op":
-            found = "end of expression" if self.tok.kind == "end" else repr(self.tok.text)
+            found = "end of expression" if self.tok.kind == "end" else repr(_short(self.tok.text))
             raise ExprError(f"expected {text!r}, found {found}", self.tok.column)
         return self.advance()
 
     def parse(self) -> Expr:
         expr = self.comparison()
         if self.tok.kind != "end":
-            raise ExprError(f"unexpected {self.tok.text!r} after a complete expression", self.tok.column)
+            raise ExprError(f"unexpected {_short(self.tok.text)!r} after a complete expression", self.tok.column)
         return expr
 
     def comparison(self) -> Expr:
         left = self.additive()
         if self.tok.kind == "op" and self.tok.text in COMPARISONS:
             op = self.advance()
+            self.operation(op.column)
             right = self.additive()
             if self.tok.kind == "op" and self.tok.text in COMPARISONS:
                 raise ExprError("comparisons do not chain; use where() or parentheses", self.tok.column)
@@ -185,6 +212,7 @@ class _Parser:
         left = self.term()
         while self.tok.kind == "op" and self.tok.text in ("+", "-"):
             op = self.advance()
+            self.operation(op.column)
             left = Binary(op.text, left, self.term(), op.column)
         return left
 
@@ -192,6 +220,7 @@ class _Parser:
         left = self.unary()
         while self.tok.kind == "op" and self.tok.text in ("*", "/"):
             op = self.advance()
+            self.operation(op.column)
             left = Binary(op.text, left, self.unary(), op.column)
         return left
 
@@ -208,6 +237,7 @@ class _Parser:
         base = self.atom()
         if self.tok.kind == "op" and self.tok.text == "**":
             op = self.advance()
+            self.operation(op.column)
             self.nest(op.column)
             exponent = self.unary()
             self.depth -= 1
@@ -220,7 +250,9 @@ class _Parser:
             self.advance()
             value = float(tok.text)
             if not math.isfinite(value):
-                raise ExprError(f"number {tok.text} is not finite", tok.column)
+                raise ExprError(f"number {_short(tok.text)} is not finite", tok.column)
+            if value == 0 and any(c in "123456789" for c in re.split("[eE]", tok.text)[0]):
+                raise ExprError(f"number {_short(tok.text)} underflows to 0 in binary64", tok.column)
             return Num(value, tok.column)
         if tok.kind == "name":
             self.advance()
@@ -236,13 +268,13 @@ class _Parser:
             self.expect(")")
             self.depth -= 1
             return inner
-        found = "end of expression" if tok.kind == "end" else repr(tok.text)
+        found = "end of expression" if tok.kind == "end" else repr(_short(tok.text))
         raise ExprError(f"expected a number, a name or '(', found {found}", tok.column)
 
     def call(self, name: _Tok) -> Expr:
         if name.text not in FUNCTION_ARITY:
             known = ", ".join(sorted(FUNCTION_ARITY))
-            raise ExprError(f"unknown function {name.text!r} (known: {known})", name.column)
+            raise ExprError(f"unknown function {_short(name.text)!r} (known: {known})", name.column)
         self.expect("(")
         self.nest(name.column)
         args: list[Expr] = []
@@ -269,7 +301,7 @@ def parse_expr(text: str, offset: int = 0) -> Expr:
     return _Parser(_tokenize(text, offset)).parse()
 
 
-_EQUATION = re.compile(r"^\s*(?:(?P<label>[A-Za-z_][A-Za-z_0-9]*)\s*:)?\s*(?P<target>[A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)")
+_EQUATION = re.compile(r"^\s*(?:(?P<label>[A-Za-z_][A-Za-z_0-9]*)\s*:)?\s*(?P<target>[A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)", re.ASCII)
 
 
 def parse_equation(text: str) -> Equation:
@@ -285,47 +317,89 @@ def parse_equation(text: str) -> Equation:
     return Equation(match.group("label"), match.group("target"), expr, text, match.end() + 1)
 
 
+def children(expr: Expr) -> tuple[Expr, ...]:
+    """The direct operands of a node, left to right."""
+    if isinstance(expr, Unary):
+        return (expr.operand,)
+    if isinstance(expr, Binary):
+        return (expr.left, expr.right)
+    if isinstance(expr, Call):
+        return expr.args
+    return ()
+
+
+def walk(expr: Expr) -> Iterator[Expr]:
+    """Every node of ``expr`` in source order (pre-order, left to right).
+
+    The walk keeps its own stack, so a left-deep chain of thousands of terms
+    (``a + b + c + ...``) does not meet Python's recursion limit.
+    """
+    stack: list[Expr] = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def fold(expr: Expr, leaf: Callable[[Expr], T], combine: Callable[[Expr, list[T]], T]) -> T:
+    """Bottom-up evaluation without recursion: ``leaf`` for Num and Name, ``combine(node, operand results)``.
+
+    Every node's operands are combined before the node itself (post-order), with an explicit
+    stack instead of the call stack.
+    """
+    results: list[T] = []
+    # (node, expanded): a node is pushed once to expand its operands and once to combine them.
+    stack: list[tuple[Expr, bool]] = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        operands = children(node)
+        if not operands and not isinstance(node, Call):
+            results.append(leaf(node))
+        elif expanded:
+            count = len(operands)
+            args = results[len(results) - count :] if count else []
+            del results[len(results) - count :]
+            results.append(combine(node, args))
+        else:
+            stack.append((node, True))
+            stack.extend((child, False) for child in reversed(operands))
+    return results[0]
+
+
 def names_in(expr: Expr) -> list[Name]:
     """Every name an expression reads, in source order."""
-    out: list[Name] = []
-
-    def visit(node: Expr) -> None:
-        if isinstance(node, Name):
-            out.append(node)
-        elif isinstance(node, Unary):
-            visit(node.operand)
-        elif isinstance(node, Binary):
-            visit(node.left)
-            visit(node.right)
-        elif isinstance(node, Call):
-            for arg in node.args:
-                visit(arg)
-
-    visit(expr)
-    return out
+    return [node for node in walk(expr) if isinstance(node, Name)]
 
 
 def to_source(expr: Expr) -> str:
     """Render an AST back to fully parenthesised text (used by code generators and messages)."""
-    if isinstance(expr, Num):
-        return repr(expr.value)
-    if isinstance(expr, Name):
-        return expr.id
-    if isinstance(expr, Unary):
-        return f"({expr.op}{to_source(expr.operand)})"
-    if isinstance(expr, Binary):
-        return f"({to_source(expr.left)} {expr.op} {to_source(expr.right)})"
-    return f"{expr.func}({', '.join(to_source(a) for a in expr.args)})"
+
+    def leaf(node: Expr) -> str:
+        return repr(node.value) if isinstance(node, Num) else node.id  # type: ignore[union-attr]
+
+    def combine(node: Expr, parts: list[str]) -> str:
+        if isinstance(node, Unary):
+            return f"({node.op}{parts[0]})"
+        if isinstance(node, Binary):
+            return f"({parts[0]} {node.op} {parts[1]})"
+        assert isinstance(node, Call)
+        return f"{node.func}({', '.join(parts)})"
+
+    return fold(expr, leaf, combine)
 
 
 def rename_names(expr: Expr, mapping: Mapping[str, str]) -> Expr:
     """A copy of ``expr`` with every name in ``mapping`` replaced (used to inline composed rules)."""
-    if isinstance(expr, Name):
-        return Name(mapping.get(expr.id, expr.id), expr.column)
-    if isinstance(expr, Unary):
-        return Unary(expr.op, rename_names(expr.operand, mapping), expr.column)
-    if isinstance(expr, Binary):
-        return Binary(expr.op, rename_names(expr.left, mapping), rename_names(expr.right, mapping), expr.column)
-    if isinstance(expr, Call):
-        return Call(expr.func, tuple(rename_names(a, mapping) for a in expr.args), expr.column)
-    return expr
+
+    def leaf(node: Expr) -> Expr:
+        return Name(mapping.get(node.id, node.id), node.column) if isinstance(node, Name) else node
+
+    def combine(node: Expr, parts: list[Expr]) -> Expr:
+        if isinstance(node, Unary):
+            return Unary(node.op, parts[0], node.column)
+        if isinstance(node, Binary):
+            return Binary(node.op, parts[0], parts[1], node.column)
+        assert isinstance(node, Call)
+        return Call(node.func, tuple(parts), node.column)
+
+    return fold(expr, leaf, combine)

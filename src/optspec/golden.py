@@ -7,8 +7,11 @@ stored bit-exactly as base64 of little-endian IEEE-754 binary64. The format is d
 for consumers in any language in ``conformance/README.md`` and checked by
 ``conformance/golden/golden.schema.json``.
 
-A ``contentSha256`` over the canonical JSON of everything else detects hand edits and
-corruption; :func:`read_golden` refuses such a file with a one-line error.
+A ``contentSha256`` over the canonical JSON of everything else detects corruption and
+careless hand edits, not tampering (anyone can recompute it; ``optspec validate`` regenerates
+a sample of tests for that); :func:`read_golden` refuses such a file, and any file that is not
+well-formed (nesting, encoding, NaN or infinite numbers, missing or extra slots), with a
+one-line error.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import base64
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -35,7 +40,7 @@ from optspec import __version__
 from optspec.cases import SHAPES, make_inputs, recorded_steps
 from optspec.errors import GoldenError
 from optspec.reference import FLOAT64, CaseInputs, Trajectory, run_reference
-from optspec.spec import Spec, SpecDeclarations, variant_label
+from optspec.spec import Spec, SpecDeclarations, quoted, shorten, variant_label
 from optspec.tolerance import PROFILES, measure
 from optspec.tolerance import header as error_model_header
 
@@ -205,15 +210,23 @@ def encode_array(array: np.ndarray) -> dict[str, Any]:
 
 
 def decode_array(obj: Mapping[str, Any], where: str) -> np.ndarray:
+    """A stored array; wrong length, a bad base64 string or a NaN/inf element is a GoldenError.
+
+    The reference refuses to write non-finite values (its trajectories and inputs are
+    checked when generated), so a non-finite element can only come from an edit.
+    """
     shape = tuple(obj["shape"])
     try:
         raw = base64.b64decode(obj["data"], validate=True)
     except (ValueError, TypeError) as exc:
         raise GoldenError(f"{where}: array data is not valid base64 ({exc})") from None
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if len(raw) != 8 * count:
-        raise GoldenError(f"{where}: array of shape {list(shape)} needs {8 * count} bytes, found {len(raw)}")
-    return np.frombuffer(raw, dtype="<f8").reshape(shape).astype(np.float64)
+        raise GoldenError(f"{where}: array of shape {list(shape)[:8]} needs {8 * count} bytes, found {len(raw)}")
+    array = np.frombuffer(raw, dtype="<f8").reshape(shape).astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise GoldenError(f"{where}: holds a NaN or infinite value, which the reference never writes")
+    return array
 
 
 def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
@@ -316,28 +329,89 @@ def golden_schema() -> dict[str, Any]:
     return json.loads(resources.files("optspec.vectors").joinpath("golden.schema.json").read_text())
 
 
+#: Golden files nest about ten levels deep; anything much deeper is refused before decoding
+#: (the decoder recurses once per level).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _json_constant(name: str) -> float:
+    raise _BadNumber(f"{name} is not a JSON number (golden values and budgets are finite)")
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"the number {text[:40]} overflows binary64")
+    return value
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > 18:
+        raise _BadNumber(f"the integer {text[:40]}... has {len(text)} digits")
+    return int(text)
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in a JSON text (strings skipped), without recursing."""
+    depth = deepest = 0
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if char in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def load_json(path: Path, shown: str, what: str = "golden file") -> Any:
+    """Read and decode a JSON file; every failure (missing, unreadable, not UTF-8, nested too
+    deeply, not JSON, NaN, Infinity, a number binary64 cannot hold) is a one-line GoldenError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GoldenError(f"{shown}: {what} is missing; run `optspec golden` to generate it") from None
+    except OSError as exc:
+        raise GoldenError(f"{shown}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GoldenError(f"{shown}: the {what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise GoldenError(f"{shown}: not a {what}: JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
+    try:
+        return json.loads(text, parse_constant=_json_constant, parse_float=_json_float, parse_int=_json_int)
+    except json.JSONDecodeError as exc:
+        raise GoldenError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except _BadNumber as exc:
+        raise GoldenError(f"{shown}: not a valid {what}: {exc}") from None
+    except RecursionError:
+        raise GoldenError(f"{shown}: not a {what}: JSON nested too deeply") from None
+
+
+def schema_error(doc: Any, schema: Mapping[str, Any], shown: str, name: str) -> GoldenError | None:
+    """The best-matching schema violation as a one-line GoldenError (None when ``doc`` matches)."""
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if error is None:
+        return None
+    where = shorten("/".join(str(p) for p in error.absolute_path) or "(top level)", 120)
+    return GoldenError(f"{shown}: does not match {name} at {where}: {shorten(error.message, 200)}")
+
+
 def read_golden(path: str | Path, spec: Spec | None = None, shown: str | None = None) -> GoldenFile:
     """Load and verify a golden file; every problem is a one-line :class:`GoldenError`."""
     path = Path(path)
     shown = shown or str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GoldenError(f"{shown}: golden file is missing; run `optspec golden` to generate it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GoldenError(f"{shown}: cannot read golden file ({exc})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GoldenError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return parse_document(doc, shown, spec)
+    return parse_document(load_json(path, shown), shown, spec)
 
 
 def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile:
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(golden_schema()).iter_errors(doc))
+    error = schema_error(doc, golden_schema(), shown, "golden.schema.json")
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise GoldenError(f"{shown}: does not match golden.schema.json at {where}: {error.message}")
+        raise error
     if doc["contentSha256"] != content_hash(doc):
         raise GoldenError(
             f"{shown}: content hash mismatch: the file was edited by hand or corrupted; regenerate it with `optspec golden`"
@@ -348,12 +422,12 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
         )
     inputs: dict[str, CaseInputs] = {}
     for input_id, item in doc["inputs"].items():
-        where = f"{shown}: inputs {input_id!r}"
+        where = f"{shown}: inputs {quoted(input_id)}"
         params = tuple(decode_array(a, f"{where} params[{i}]") for i, a in enumerate(item["params"]))
         grads = tuple(decode_array(a, f"{where} grads[{i}]") for i, a in enumerate(item["grads"]))
         lr = decode_array(item["lrMultipliers"], f"{where} lrMultipliers")
         steps = int(item["steps"])
-        if lr.shape != (steps,) or any(g.shape[0] != steps for g in grads) or len(params) != len(grads):
+        if lr.shape != (steps,) or any(g.shape[:1] != (steps,) for g in grads) or len(params) != len(grads):
             raise GoldenError(f"{where}: shapes of params, grads and lrMultipliers disagree with steps={steps}")
         for i, (p, g) in enumerate(zip(params, grads)):
             if g.shape[1:] != p.shape:
@@ -362,9 +436,9 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
     tests: list[GoldenTest] = []
     for group in doc["testGroups"]:
         for item in group["tests"]:
-            where = f"{shown}: test {item['name']!r}"
+            where = f"{shown}: test {quoted(item['name'])}"
             if item["inputs"] not in inputs:
-                raise GoldenError(f"{where}: refers to unknown inputs {item['inputs']!r}")
+                raise GoldenError(f"{where}: refers to unknown inputs {quoted(item['inputs'])}")
             case_inputs = inputs[item["inputs"]]
             schedule = group.get("schedule")
             if schedule is not None:
@@ -374,26 +448,29 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
                     schedule["name"], dict(schedule["variant"]), {k: float(v) for k, v in schedule["hyper"].items()}
                 )
                 case_inputs = dataclasses.replace(case_inputs, schedule=ref)
+            slots = list(group["slots"])
+            count = len(case_inputs.params)
             expected: Trajectory = {}
             atol: dict[str, dict[int, list[dict[str, float]]]] = {p: {} for p in PROFILES}
             for record in item["expected"]:
                 step = int(record["step"])
                 values = record["values"]
-                count = len(case_inputs.params)
+                _check_slots(values, slots, count, f"{where} step {step} values")
                 expected[step] = [
-                    {slot: decode_array(values[slot][i], f"{where} step {step} {slot}[{i}]") for slot in group["slots"]}
+                    {slot: decode_array(values[slot][i], f"{where} step {step} {slot}[{i}]") for slot in slots}
                     for i in range(count)
                 ]
                 for i, p in enumerate(case_inputs.params):
-                    for slot in group["slots"]:
+                    for slot in slots:
                         shape = expected[step][i][slot].shape
                         if shape not in (p.shape, ()):
                             raise GoldenError(
                                 f"{where} step {step} {slot}[{i}]: shape {list(shape)} does not fit tensor shape {list(p.shape)}"
                             )
                 for profile in PROFILES:
+                    _check_slots(record["atol"][profile], slots, count, f"{where} step {step} atol {profile}")
                     atol[profile][step] = [
-                        {slot: float(record["atol"][profile][slot][i]) for slot in group["slots"]} for i in range(count)
+                        {slot: float(record["atol"][profile][slot][i]) for slot in slots} for i in range(count)
                     ]
             tests.append(
                 GoldenTest(
@@ -413,6 +490,21 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
                 )
             )
     return GoldenFile(doc["rule"], doc["spec"]["sha256"], tuple(tests), shown)
+
+
+def _check_slots(table: Mapping[str, Any], slots: list[str], count: int, where: str) -> None:
+    """``table`` has exactly the group's slots, each with one entry per tensor."""
+    missing = [slot for slot in slots if slot not in table]
+    if missing:
+        raise GoldenError(
+            f"{where}: slot {quoted(missing[0])} of the group's slots ({shorten(', '.join(slots), 120)}) is missing"
+        )
+    unknown = [slot for slot in table if slot not in slots]
+    if unknown:
+        raise GoldenError(f"{where}: unknown slot {quoted(unknown[0])} (the group's slots: {shorten(', '.join(slots), 120)})")
+    for slot in slots:
+        if len(table[slot]) != count:
+            raise GoldenError(f"{where}: slot {quoted(slot)} has {len(table[slot])} entries for {count} tensors")
 
 
 # --------------------------------------------------------------------------- write / check
@@ -459,15 +551,18 @@ def check_all(specs: Iterable[Spec], directory: Path, workers: int | None = None
         shown = str(path)
         fresh = json.loads(dumps(to_document(golden, spec)))
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            problems.append(f"{shown}: missing; run `optspec golden`")
-            continue
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{shown}: unreadable ({exc})")
+            stored = load_json(path, shown)
+        except GoldenError as exc:
+            problems.append(str(exc))
             continue
         if stored != fresh:
-            problems.append(f"{shown}: out of date: {_first_difference(stored, fresh)}; run `optspec golden`")
+            # A file that is not even shaped like a golden file is named by its schema error.
+            error = schema_error(stored, golden_schema(), shown, "golden.schema.json")
+            problems.append(
+                f"{error}; run `optspec golden`"
+                if error is not None
+                else f"{shown}: out of date: {_first_difference(stored, fresh)}; run `optspec golden`"
+            )
     return problems
 
 

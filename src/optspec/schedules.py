@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,9 +50,12 @@ from optspec import __version__
 from optspec.errors import ExprError, GoldenError, SpecError, UsageError
 from optspec.expr import REDUCTIONS, Call, Expr, names_in, parse_equation, parse_expr
 from optspec.reference import EXTENDED, FLOAT32, FLOAT32_SCALAR32, FLOAT64, Precision, Trajectory, _Compiler
-from optspec.spec import Domain, Hyper, SpecDeclarations, spec_hash, variant_label
+from optspec.spec import Domain, Hyper, SpecDeclarations, as_float, load_toml, quoted, spec_hash, variant_label
 from optspec.tolerance import PROFILES, sequence_budgets
 from optspec.tolerance import header as error_model_header
+
+#: The longest schedule horizon T (golden values cover 2T + 1 indices, evaluated in several precisions).
+MAX_HORIZON = 1_000_000
 
 INDEX_CONVENTION = (
     "values[n] is the learning rate in effect at optimizer step t = n + 1 (torch.optim.lr_scheduler "
@@ -261,8 +263,10 @@ class ResolvedSchedule:
         env = self.constants(hyper)
         fn, _ = _Compiler(dict.fromkeys(env, "scalar"), FLOAT64, frozenset(env)).compile(self.spec.horizon)
         value = float(fn(env))
-        if not math.isfinite(value) or value < 1:
-            raise SpecError(self.spec.where, f"horizon {self.spec.horizon_text!r} evaluates to {value!r}; it must be >= 1")
+        if not math.isfinite(value) or not 1 <= value <= MAX_HORIZON:
+            raise SpecError(
+                self.spec.where, f"horizon {self.spec.horizon_text!r} evaluates to {value!r}; it must be from 1 to {MAX_HORIZON}"
+            )
         return math.ceil(value)
 
     def evaluate(self, hyper: Mapping[str, float], count: int, precision: Precision = FLOAT64) -> ScheduleValues:
@@ -385,10 +389,7 @@ def load_schedule(path: str | Path, display: str | None = None) -> ScheduleSpec:
 
 
 def parse_schedule(text: str, shown: str) -> ScheduleSpec:
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(shown, f"not valid TOML: {exc}") from None
+    table = load_toml(text, shown)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(table))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -401,10 +402,11 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
     for hname, h in table["hyper"].items():
         if hname in ("n", "pi"):
             raise SpecError(where, f"hyperparameter {hname!r} shadows a built-in name")
-        domain = Domain.parse(h["domain"], bool(h.get("integer", False)))
-        if not domain.contains(float(h["default"])):
+        domain = Domain.parse(h["domain"], bool(h.get("integer", False)), f"{where}, hyperparameter {hname!r} domain")
+        default = as_float(h["default"], f"{where}, hyperparameter {hname!r} default")
+        if not domain.contains(default):
             raise SpecError(where, f"hyperparameter {hname!r}: default {h['default']!r} is outside its domain {domain}")
-        hypers[hname] = Hyper(hname, float(h["default"]), domain, h["doc"])
+        hypers[hname] = Hyper(hname, default, domain, h["doc"])
     knobs: dict[str, ScheduleKnob] = {}
     for kname, k in table.get("variants", {}).items():
         values: dict[str, ScheduleVariantValue] = {}
@@ -693,22 +695,14 @@ def _golden_schema() -> dict[str, Any]:
 
 def read_schedule_golden(path: str | Path, spec: ScheduleSpec | None = None, shown: str | None = None) -> ScheduleGoldenFile:
     """Load and verify a schedule golden file; every problem is a one-line GoldenError."""
-    from optspec.golden import content_hash, decode_array
+    from optspec.golden import content_hash, decode_array, load_json, schema_error
 
     path = Path(path)
     shown = shown or str(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GoldenError(f"{shown}: schedule golden file is missing; run `optspec golden` to generate it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GoldenError(f"{shown}: cannot read golden file ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise GoldenError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_golden_schema()).iter_errors(doc))
+    doc = load_json(path, shown, "schedule golden file")
+    error = schema_error(doc, _golden_schema(), shown, "schedule-golden.schema.json")
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise GoldenError(f"{shown}: does not match schedule-golden.schema.json at {where}: {error.message}")
+        raise error
     if doc["contentSha256"] != content_hash(doc):
         raise GoldenError(f"{shown}: content hash mismatch: the file was edited by hand or corrupted; regenerate it")
     if spec is not None and doc["spec"]["sha256"] != spec.sha256:
@@ -716,13 +710,18 @@ def read_schedule_golden(path: str | Path, spec: ScheduleSpec | None = None, sho
     tests = []
     for group in doc["testGroups"]:
         for item in group["tests"]:
-            where = f"{shown}: test {item['name']!r}"
+            where = f"{shown}: test {quoted(item['name'])}"
             expected = {out: decode_array(a, f"{where} {out}") for out, a in item["values"].items()}
             defined = expected["lr"].shape
+            if len(defined) != 1:
+                raise GoldenError(f"{where}: lr values must be a 1-d array, not shape {list(defined)[:8]}")
             atol = {p: {out: np.array(v, dtype=np.float64) for out, v in item["atol"][p].items()} for p in PROFILES}
             for out, values in expected.items():
                 if values.shape != defined or any(atol[p].get(out, np.empty(0)).shape != defined for p in PROFILES):
                     raise GoldenError(f"{where}: {out} values and budgets must have one entry per defined index")
+            for p in PROFILES:
+                if set(atol[p]) != set(expected):
+                    raise GoldenError(f"{where}: the {p} budgets cover {sorted(atol[p])}, the values {sorted(expected)}")
             until = item["definedUntil"]
             if (until is None and defined[0] != item["count"]) or (until is not None and until != defined[0]):
                 raise GoldenError(f"{where}: definedUntil={until} disagrees with {defined[0]} values of {item['count']}")
@@ -753,21 +752,21 @@ def write_schedules(specs: Iterable[ScheduleSpec], directory: Path) -> list[Path
 
 def check_schedules(specs: Iterable[ScheduleSpec], directory: Path) -> list[str]:
     """Regenerate in memory; one message per schedule golden file that differs."""
-    from optspec.golden import dumps
+    from optspec.golden import dumps, load_json, schema_error
 
     problems = []
     for spec in specs:
         path = directory / f"{spec.name}.json"
         fresh = json.loads(dumps(schedule_document(generate_schedule(spec), spec)))
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            problems.append(f"{path}: missing; run `optspec golden`")
+            stored = load_json(path, str(path), "schedule golden file")
+        except GoldenError as exc:
+            problems.append(str(exc))
             continue
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{path}: unreadable ({exc})")
-            continue
-        if stored != fresh:
+        error = schema_error(stored, _golden_schema(), str(path), "schedule-golden.schema.json") if stored != fresh else None
+        if error is not None:
+            problems.append(f"{error}; run `optspec golden`")
+        elif stored != fresh:
             names = [t["name"] for g in fresh["testGroups"] for t in g["tests"]]
             old = {t["name"]: t for g in stored.get("testGroups", []) for t in g.get("tests", [])}
             first = next(
@@ -809,7 +808,7 @@ def compare_schedule(
         diff = np.where(np.isfinite(got), np.abs(got - want), np.inf)
         ratio = np.where(budget > 0, diff / np.where(budget > 0, budget, 1.0), np.where(diff == 0, 0.0, np.inf))
         worst = max(worst, float(ratio.max()))
-        bad = np.nonzero(diff > budget)[0]
+        bad = np.nonzero(~(diff <= budget))[0]  # NaN (error or budget) fails
         if bad.size:
             n = int(bad[0])
             return ScheduleComparison(

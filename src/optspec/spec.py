@@ -39,13 +39,12 @@ from optspec.errors import ExprError, SpecError
 from optspec.expr import (
     REDUCTIONS,
     SCALAR_BINARY_FUNCTIONS,
-    Binary,
     Call,
     Equation,
     Expr,
     Name,
     Num,
-    Unary,
+    fold,
     names_in,
     parse_equation,
     parse_expr,
@@ -80,6 +79,56 @@ STANDARD_CASES: tuple[dict[str, object], ...] = (
     },
 )
 DEFAULT_STEPS = 100
+#: The most steps a case may ask for: the inputs and the float64 trajectory of every step are
+#: kept in memory (a few kB per step), and golden generation runs every case several times.
+MAX_STEPS = 10_000
+
+#: ASCII decimal numbers only: ``\d`` would also accept other scripts' digits.
+_DECIMAL = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_DOMAIN = re.compile(
+    rf"(?P<open>[\[(])\s*(?P<low>-?inf|{_DECIMAL})\s*,\s*(?P<high>[+-]?inf|{_DECIMAL})\s*(?P<close>[\])])", re.ASCII
+)
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """``repr(text)``, shortened in the middle when longer than ``limit``: error lines stay short."""
+    if len(text) <= limit:
+        return repr(text)
+    keep = limit // 2
+    return f"{text[:keep]!r}...{text[-keep // 2 :]!r} ({len(text)} characters)"
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` on one line (newlines shown as ``\\n``), cut in the middle when longer than ``limit``."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}...{text[-keep // 2 :]} ({len(text)} characters)"
+
+
+def as_float(value: object, where: str) -> float:
+    """A TOML number as binary64; an integer too large for binary64 is a SpecError, not an OverflowError."""
+    try:
+        result = float(value)  # type: ignore[arg-type]
+    except (OverflowError, TypeError, ValueError):
+        raise SpecError(where, f"{quoted(str(value))} is not a number binary64 can hold") from None
+    if isinstance(value, int) and math.isfinite(result) and abs(result) > 2.0**53 and int(result) != value:
+        raise SpecError(where, f"the integer {quoted(str(value))} is not exactly representable in binary64")
+    return result
+
+
+def parse_decimal(text: str) -> float:
+    """A decimal literal as binary64; ValueError when it overflows or a nonzero value underflows to 0."""
+    if not re.fullmatch(_DECIMAL, text, re.ASCII):
+        raise ValueError(f"{text!r} is not a decimal number")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} overflows binary64; write inf for an unbounded end")
+    mantissa = re.split(r"[eE]", text)[0]
+    if value == 0 and any(c in "123456789" for c in mantissa):
+        raise ValueError(f"the number {text} underflows to 0 in binary64")
+    return value
 
 
 @dataclass(frozen=True)
@@ -93,10 +142,27 @@ class Domain:
     integer: bool = False
 
     @classmethod
-    def parse(cls, text: str, integer: bool = False) -> Domain:
-        text = text.strip()
-        low_text, high_text = (part.strip() for part in text[1:-1].split(","))
-        return cls(float(low_text), float(high_text), text[0] == "[", text[-1] == "]", integer)
+    def parse(cls, text: str, integer: bool = False, where: str = "domain") -> Domain:
+        """``[low, high]`` with ``(`` / ``)`` for open ends; a bound is a decimal number or ``inf``.
+
+        Anything else (``"[., inf)"``, ``"[0, 1e5e5]"``, a bound that underflows to 0 or
+        overflows, ``low > high``) is a :class:`~optspec.errors.SpecError` at ``where``.
+        """
+        match = _DOMAIN.fullmatch(text.strip())
+        if match is None:
+            raise SpecError(where, f"{quoted(text)} is not an interval like '[0, 1)' or '(0, inf)'")
+        bounds = []
+        for part in ("low", "high"):
+            bound = match.group(part)
+            try:
+                bounds.append(float(bound) if bound.lstrip("+-") == "inf" else parse_decimal(bound))
+            except ValueError as exc:
+                raise SpecError(where, f"{quoted(text)}: {exc}") from None
+        low, high = bounds
+        low_closed, high_closed = match.group("open") == "[", match.group("close") == "]"
+        if low > high or (low == high and not (low_closed and high_closed)):
+            raise SpecError(where, f"{quoted(text)} is an empty interval")
+        return cls(low, high, low_closed, high_closed, integer)
 
     def contains(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -223,7 +289,8 @@ class SpecDeclarations:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is not a number")
             domain = self.hyper[name].domain
-            if not domain.contains(float(value)):
+            value = as_float(value, f"{where or self.where}, hyperparameter {name!r}")
+            if not domain.contains(value):
                 raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is outside its domain {domain}")
             values[name] = float(value)
         return values
@@ -335,16 +402,43 @@ def load_spec(path: str | Path, display: str | None = None, inner: Callable[[str
     return parse_spec(text, shown, inner)
 
 
-def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None) -> Spec:
-    """Parse and check a spec; ``inner`` resolves the rules a composite spec (``[inner]``) names."""
+class _BadFloat(Exception):
+    def __init__(self, literal: str, message: str) -> None:
+        super().__init__(message)
+        self.literal = literal
+        self.message = message
+
+
+def _toml_float(literal: str) -> float:
+    """tomllib's ``parse_float``: refuse literals that overflow or underflow to 0 instead of keeping inf or 0."""
+    if literal.lstrip("+-") in ("inf", "nan"):
+        return float(literal)
     try:
-        table = tomllib.loads(text)
+        return parse_decimal(literal.replace("_", ""))
+    except ValueError as exc:
+        raise _BadFloat(literal, str(exc)) from None
+
+
+def load_toml(text: str, shown: str) -> dict[str, Any]:
+    """``tomllib.loads`` with every failure (syntax, a number binary64 cannot hold, nesting) as one SpecError."""
+    try:
+        return tomllib.loads(text, parse_float=_toml_float)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(shown, f"not valid TOML: {exc}") from None
+    except _BadFloat as exc:
+        line = text[: text.find(exc.literal)].count("\n") + 1 if exc.literal in text else None
+        raise SpecError(shown, f"line {line}: {exc.message}" if line else exc.message) from None
+    except RecursionError:
+        raise SpecError(shown, "not valid TOML: arrays or tables nested too deeply") from None
+
+
+def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None) -> Spec:
+    """Parse and check a spec; ``inner`` resolves the rules a composite spec (``[inner]``) names."""
+    table = load_toml(text, shown)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(table))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise SpecError(shown, f"field {where}: {error.message}")
+        raise SpecError(shown, f"field {shorten(where, 120)}: {shorten(error.message, 200)}")
     name = str(table["name"])
     stem = Path(shown).stem
     if stem != name and not shown.startswith("<"):
@@ -356,10 +450,11 @@ def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None
         _check_identifier(hname, f"{rule_where}, hyperparameter {hname!r}")
         if hname in BUILTIN_NAMES and hname != "lr":
             raise SpecError(rule_where, f"hyperparameter {hname!r} shadows a built-in name")
-        domain = Domain.parse(h["domain"], bool(h.get("integer", False)))
-        if not domain.contains(float(h["default"])):
+        domain = Domain.parse(h["domain"], bool(h.get("integer", False)), f"{rule_where}, hyperparameter {hname!r} domain")
+        default = as_float(h["default"], f"{rule_where}, hyperparameter {hname!r} default")
+        if not domain.contains(default):
             raise SpecError(rule_where, f"hyperparameter {hname!r}: default {h['default']!r} is outside its domain {domain}")
-        hypers[hname] = Hyper(hname, float(h["default"]), domain, h["doc"])
+        hypers[hname] = Hyper(hname, default, domain, h["doc"])
 
     state = {sname: _slot(sname, s, f"{rule_where}, state {sname!r}") for sname, s in table.get("state", {}).items()}
     step = tuple(
@@ -512,9 +607,9 @@ def _check_identifier(name: str, where: str) -> None:
 
 def _equation(text: str, where: str) -> Located:
     try:
-        return Located(parse_equation(text), f"{where} {text.strip()!r}")
+        return Located(parse_equation(text), f"{where} {quoted(text.strip())}")
     except ExprError as exc:
-        raise SpecError(f"{where} {text.strip()!r}", exc.message, exc.column) from None
+        raise SpecError(f"{where} {quoted(text.strip())}", exc.message, exc.column) from None
 
 
 def _slot(name: str, table: Mapping[str, object], where: str) -> StateSlot:
@@ -527,7 +622,7 @@ def _slot(name: str, table: Mapping[str, object], where: str) -> StateSlot:
         try:
             init = parse_expr(str(init_text))
         except ExprError as exc:
-            raise SpecError(f"{where} init {init_text!r}", exc.message, exc.column) from None
+            raise SpecError(f"{where} init {quoted(str(init_text))}", exc.message, exc.column) from None
     return StateSlot(name, init, None if init_text is None else str(init_text), table.get("kind", "tensor"), str(table["doc"]))
 
 
@@ -547,11 +642,13 @@ def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec
             try:
                 lr_expr = parse_expr(str(lr_text))
             except ExprError as exc:
-                raise SpecError(f"{where} lr_multiplier {lr_text!r}", exc.message, exc.column) from None
+                raise SpecError(f"{where} lr_multiplier {quoted(str(lr_text))}", exc.message, exc.column) from None
             for name in names_in(lr_expr):
                 if name.id != "t":
                     raise SpecError(
-                        f"{where} lr_multiplier {lr_text!r}", f"only 't' may be used here, not {name.id!r}", name.column
+                        f"{where} lr_multiplier {quoted(str(lr_text))}",
+                        f"only 't' may be used here, not {name.id!r}",
+                        name.column,
                     )
         cases.append(
             CaseSpec(
@@ -562,12 +659,19 @@ def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec
                 grads=str(table.get("grads", "standard")),
                 lr_multiplier=lr_expr,
                 lr_multiplier_text=None if lr_text is None else str(lr_text),
-                steps=int(table.get("steps", DEFAULT_STEPS)),
+                steps=_steps(table, where),
                 schedule=_case_schedule(table, lr_text, hyper, where),
                 zero_params=tuple(int(i) for i in table.get("zero_params", [])),
             )
         )
     return tuple(cases)
+
+
+def _steps(table: Mapping[str, object], where: str) -> int:
+    steps = table.get("steps", DEFAULT_STEPS)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise SpecError(where, f"field steps: {steps!r} must be a whole number from 1 to {MAX_STEPS}")
+    return steps
 
 
 def _case_schedule(table: Mapping[str, object], lr_text: object, hyper: Mapping[str, float], where: str) -> object | None:
@@ -638,7 +742,7 @@ def _check_resolved(
             env.pop("grad")
             for r in ("t", "lr", "lr_multiplier"):
                 env.pop(r)
-            kind = _infer(slot.init, env, f"{spec.where}{label}, state {name!r} init {slot.init_text!r}")
+            kind = _infer(slot.init, env, f"{spec.where}{label}, state {name!r} init {quoted(str(slot.init_text))}")
             if slot.kind == "scalar" and kind == "tensor":
                 raise SpecError(f"{spec.where}, state {name!r}", "a scalar slot cannot be initialised from a tensor expression")
             init_kinds[name] = kind
@@ -696,36 +800,38 @@ def _infer(
     state: Mapping[str, StateSlot] | None = None,
     locals_written: set[str] | None = None,
 ) -> Kind:
-    # ``locals_written`` holds every name the step assigns somewhere, so that reading one too
-    # early is reported as read-before-write rather than as an unknown name.
-    """Kind of an expression ('tensor' if any operand is elementwise) with name checks."""
-    if isinstance(expr, Num):
-        return "scalar"
-    if isinstance(expr, Name):
-        if expr.id in env:
-            return env[expr.id]
-        if state is not None and expr.id in state:
-            raise _ReadBeforeWrite(f"state slot {expr.id!r} has no init and is read before the step writes it", expr.column)
-        if locals_written is not None and expr.id in locals_written:
-            raise _ReadBeforeWrite(f"local {expr.id!r} is read before the step writes it", expr.column)
-        raise SpecError(where, f"unknown name {expr.id!r}", expr.column)
-    if isinstance(expr, Unary):
-        return _infer(expr.operand, env, where, state, locals_written)
-    if isinstance(expr, Binary):
-        left = _infer(expr.left, env, where, state, locals_written)
-        right = _infer(expr.right, env, where, state, locals_written)
-        return "tensor" if "tensor" in (left, right) else "scalar"
-    assert isinstance(expr, Call)
-    kinds = [_infer(arg, env, where, state, locals_written) for arg in expr.args]
-    if expr.func in REDUCTIONS:
-        return "scalar"
-    if expr.func in SCALAR_BINARY_FUNCTIONS and "tensor" in kinds:
-        raise SpecError(
-            where,
-            f"{expr.func}() takes per-tensor scalars; use {'maximum' if expr.func == 'max' else 'minimum'}() elementwise",
-            expr.column,
-        )
-    return "tensor" if "tensor" in kinds else "scalar"
+    """Kind of an expression ('tensor' if any operand is elementwise) with name checks.
+
+    ``locals_written`` holds every name the step assigns somewhere, so that reading one too
+    early is reported as read-before-write rather than as an unknown name. The walk is
+    iterative (:func:`optspec.expr.fold`): a chain of thousands of terms is fine.
+    """
+
+    def leaf(node: Expr) -> Kind:
+        if isinstance(node, Num):
+            return "scalar"
+        assert isinstance(node, Name)
+        if node.id in env:
+            return env[node.id]
+        if state is not None and node.id in state:
+            raise _ReadBeforeWrite(f"state slot {node.id!r} has no init and is read before the step writes it", node.column)
+        if locals_written is not None and node.id in locals_written:
+            raise _ReadBeforeWrite(f"local {node.id!r} is read before the step writes it", node.column)
+        raise SpecError(where, f"unknown name {node.id!r}", node.column)
+
+    def combine(node: Expr, kinds: list[Kind]) -> Kind:
+        if isinstance(node, Call):
+            if node.func in REDUCTIONS:
+                return "scalar"
+            if node.func in SCALAR_BINARY_FUNCTIONS and "tensor" in kinds:
+                raise SpecError(
+                    where,
+                    f"{node.func}() takes per-tensor scalars; use {'maximum' if node.func == 'max' else 'minimum'}() elementwise",
+                    node.column,
+                )
+        return "tensor" if "tensor" in kinds else "scalar"
+
+    return fold(expr, leaf, combine)
 
 
 def _check_init_cycles(spec: Spec, state: Mapping[str, StateSlot], label: str) -> None:

@@ -98,6 +98,8 @@ class CheckReport:
     diagnosis: Diagnosis | None = None
     notes: list[str] = field(default_factory=list)
     specs: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: the distinct texts the target printed (truncated), shown once at the end of the report
+    target_output: list[str] = field(default_factory=list)
 
     @property
     def conforms(self) -> bool:
@@ -239,7 +241,8 @@ def open_session(
         isolate = isinstance(target, str)
     executor: Executor = Isolated() if isolate else InProcess()
     try:
-        info = executor.call(f"{TARGETS_MODULE}:describe", target, os.getcwd(), timeout=max(timeout, 180.0))
+        # --timeout bounds importing the target too (a module that hangs on import)
+        info = executor.call(f"{TARGETS_MODULE}:describe", target, os.getcwd(), timeout=timeout)
     except TargetFailure as exc:
         executor.close()
         if exc.kind == "usage":
@@ -270,7 +273,9 @@ def check(
     """
     session = open_session(rule, target, library, variant, hypers, maps, timeout, isolate)
     try:
-        return run_session(session, behaviour, dtypes, steps)
+        report = run_session(session, behaviour, dtypes, steps)
+        report.target_output = session.executor.captured()
+        return report
     finally:
         session.executor.close()
 
@@ -410,6 +415,7 @@ def to_json(report: CheckReport) -> dict[str, Any]:
         "diagnosis": report.diagnosis.to_json() if report.diagnosis is not None else None,
         "behaviour": [b.to_json() for b in report.behaviour],
         "notes": list(report.notes),
+        "targetOutput": list(report.target_output),
     }
 
 
@@ -467,6 +473,13 @@ def format_report(report: CheckReport) -> str:
             lines.append(f"note: case {c.case} ({c.dtype}) {c.message}")
     for note in report.notes:
         lines.append(f"note: {note}")
+    if report.target_output:
+        lines.append("")
+        lines.append(f"target output ({len(report.target_output)} distinct, each shown once, truncated):")
+        for text in report.target_output:
+            shown = text.splitlines()
+            lines.extend(f"  | {line[:200]}{'...' if len(line) > 200 else ''}" for line in shown[:20])
+            lines.extend([f"  | ... ({len(shown) - 20} more lines)"] if len(shown) > 20 else [])
     if report.diagnosis is not None:
         lines.append("")
         lines.append(f"diagnosis: {report.diagnosis.explanation}")

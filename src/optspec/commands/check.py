@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from optspec.commands import add_spec_options, library_from
-from optspec.errors import UsageError
+from optspec.commands import add_spec_options, check_output_file, library_from, write_failed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,16 +39,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the target's keyword for a spec hyperparameter, e.g. --map beta1=b1 (repeatable)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the full result as JSON (atomically)")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="time limit of each run (default 60)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="time limit of importing the target and of each run (default 60)",
+    )
     parser.add_argument("--no-behaviour", action="store_true", help="skip the behavioural checks")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from optspec.checking.runner import check, format_report, write_json
+    from optspec.checking.worker import valid_timeout
 
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout:g}: must be positive")
+    valid_timeout(args.timeout)
+    check_output_file(args.json, "--json")
     report = check(
         args.rule,
         args.target,
@@ -62,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_report(report))
     if args.json is not None:
-        write_json(report, args.json)
+        try:
+            write_json(report, args.json)
+        except OSError as exc:
+            raise write_failed(args.json, exc) from None
         print(f"wrote {args.json}", file=sys.stderr)
     return report.exit_code

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from optspec.commands import add_spec_options, library_from
+from optspec.commands import add_spec_options, check_output_dir, library_from, write_failed
 from optspec.errors import UsageError
 from optspec.golden import check_all, default_golden_dir, write_all
 
@@ -40,8 +40,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not directory.parent.exists():
         raise UsageError(f"{directory}: parent directory does not exist; pass --dir")
-    for path in [*write_all(specs, directory), *write_schedules(schedule_specs, schedule_golden_dir(directory))]:
-        print(f"wrote {path}")
+    # Before generating anything: a read-only checkout is one line, not a traceback at the end.
+    check_output_dir(directory, "--dir" if args.dir else "golden directory")
+    if schedule_specs:
+        check_output_dir(schedule_golden_dir(directory), "--dir" if args.dir else "golden directory")
+    try:
+        for path in [*write_all(specs, directory), *write_schedules(schedule_specs, schedule_golden_dir(directory))]:
+            print(f"wrote {path}")
+    except OSError as exc:
+        raise write_failed(Path(exc.filename or directory), exc) from None
     return 0
 
 

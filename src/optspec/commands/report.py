@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from optspec.commands import add_spec_options, library_from
+from optspec.commands import add_spec_options, check_output_dir, library_from
 from optspec.conformance import DTYPES
 from optspec.golden import default_golden_dir
 from optspec.impls import all_implementations, implementation
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from optspec.report import collect, write_report
 
+    check_output_dir(args.out, "--out")
     library = library_from(args)
     for rule in args.rule:
         library.get(rule)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from optspec.commands import add_spec_options, library_from
+from optspec.commands import add_spec_options, check_output_file, library_from, write_failed
 from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record, run_check
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.json, "--json")
     library = library_from(args)
     for rule in args.rule:
         library.get(rule)
@@ -60,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"FAIL {failure.message}")
     if args.json:
-        write_atomic(args.json, json.dumps([result_json(r) for r in results], indent=1) + "\n")
+        try:
+            write_atomic(args.json, json.dumps([result_json(r) for r in results], indent=1) + "\n")
+        except OSError as exc:
+            raise write_failed(args.json, exc) from None
     counts = {s: sum(r.status == s for r in results) for s in ("conforms", "deviation", "fails", "error", "skipped")}
     print(
         f"{counts['conforms']} conform, {counts['deviation']} known deviations, "
