@@ -1,4 +1,4 @@
-"""Planted targets written the way real libraries write them: the diagnosis names the declared variant.
+"""Planted targets written the way real code writes them: the diagnosis names the variant or the mutation.
 
 Each optimizer below is written in torch from the library's published equations (not from
 the reference evaluator), in that library's evaluation order, then checked as the variant a
@@ -225,3 +225,102 @@ def test_a_library_convention_is_named(rule: str, target: type, claimed: dict[st
     assert report.diagnosis.explanation.startswith(f"behaves like {rule} with {named}"), (
         f"{target.__name__} implements {named}; the diagnosis says: {report.diagnosis.explanation}"
     )
+
+
+class Float32Adam(torch.optim.Optimizer):
+    """Adam computed on float32 copies of float64 parameters (state kept in float32), written back."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    zeros = torch.zeros_like(p, dtype=torch.float32)
+                    state.update(step=0, exp_avg=zeros, exp_avg_sq=zeros.clone())
+                state["step"] += 1
+                t, p32 = state["step"], p.float()
+                grad = p.grad.float() + group["weight_decay"] * p32
+                state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+                p32.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+                p.copy_(p32)
+
+
+class NoFirstCorrectionAdam(torch.optim.Adam):
+    """torch's Adam with the lr scaled by 1 - beta1^t before each step: the first bias correction cancelled."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        saved = []
+        for group in self.param_groups:
+            steps = [int(self.state[p]["step"]) for p in group["params"] if self.state.get(p)]
+            t = 1 + max(steps, default=0)
+            saved.append(group["lr"])
+            group["lr"] = group["lr"] * (1 - group["betas"][0] ** t)
+        try:
+            return super().step(closure)
+        finally:
+            for group, lr in zip(self.param_groups, saved):
+                group["lr"] = lr
+
+
+class GroupCounterAdam(torch.optim.Optimizer):
+    """Adam whose step count lives in the parameter group and is advanced once per tensor (a real slip)."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, step=0))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                group["step"] += 1
+                t = group["step"]
+                grad = p.grad + group["weight_decay"] * p
+                state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+                p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+
+
+SLIPS = [
+    (Float32Adam, "float32", "computes in float32"),
+    (NoFirstCorrectionAdam, "drop_bias_correction[beta1]", "the bias correction 1 - beta1^t is missing"),
+    (GroupCounterAdam, "shared_step_counter", "one step counter is shared by the parameter group"),
+]
+
+
+@pytest.mark.parametrize(("target", "mutation", "words"), SLIPS, ids=[s[1] for s in SLIPS])
+def test_a_slip_in_torch_code_is_named_as_a_mutation(target: type, mutation: str, words: str) -> None:
+    report = quick_check("adam", target, {})
+    assert report.exit_code == 1, f"{target.__name__} should not conform to adam: " + "; ".join(c.message for c in report.cases)
+    assert report.diagnosis is not None and report.diagnosis.matches, f"{target.__name__}: nothing named: {report.diagnosis}"
+    best = report.diagnosis.matches[0]
+    assert [m.name for m in best.mutations] == [mutation], (
+        f"{target.__name__} should be diagnosed as mutation {mutation}; the diagnosis says: {report.diagnosis.explanation}"
+    )
+    assert words in report.diagnosis.explanation, report.diagnosis.explanation
