@@ -180,3 +180,27 @@ def test_a_target_nothing_explains_is_unexplained() -> None:
     assert np.isfinite(diagnosis.searched) and diagnosis.searched > len(spec.all_combos()), (
         f"the search should cover variants and mutations, it covered {diagnosis.searched}"
     )
+
+
+def test_a_variant_one_knob_away_with_a_mutation_is_named() -> None:
+    """Adam with torch's amsgrad (the raw maximum) and m_0 = 1, claimed as plain adam.
+
+    (amsgrad=raw without the first bias correction would be a declared variant of the amsgrad
+    rule, mu_correction=off, and is rightly named as that.)
+    """
+    spec = _LIBRARY.get("adam")
+    actual = spec.full_variant({"amsgrad": "raw"})
+    mutation = by_name(spec.resolve(actual), "init_one[m]")
+    claimed = spec.default_variant()
+    expectations = Expectations()
+    observations = []
+    for case, hyper, inputs, record in _cases(spec):
+        observed = _mutant_trajectory(spec, actual, mutation, hyper, inputs, record, FLOAT64)
+        observations.append(Observation(case, hyper, inputs, observed, "float64"))
+    failing = [o.case for o in observations]
+    diagnosis = diagnose(spec, claimed, observations, _LIBRARY, expectations, "(first divergence)", failing)
+    assert diagnosis.matches, f"adam with amsgrad=raw and m_0 = 1 should be named; says {diagnosis.explanation}"
+    best = diagnosis.matches[0]
+    assert (dict(best.changed), [m.name for m in best.mutations]) == ({"amsgrad": "raw"}, [mutation.name]), (
+        f"expected amsgrad=raw with mutation {mutation.name}; the diagnosis says: {diagnosis.explanation}"
+    )

@@ -15,7 +15,9 @@ matches when it is within budget on every case the target ran. The candidates, i
    buffer, a step counter shared by the tensors), searched only when no declared variant
    matches;
 3. pairs of those mutations (not the float32 one), only when no single one matches and
-   there are at most ``PAIR_LIMIT`` singles.
+   there are at most ``PAIR_LIMIT`` singles;
+4. a variant one knob away from the claimed one with one mutation of it, only when nothing
+   above matches and there are at most ``VARIANT_MUTATION_LIMIT`` such candidates.
 
 The best explanation is named only when it reproduces the target within the error model;
 otherwise the diagnosis says "unexplained" and shows the first divergence from the claimed
@@ -46,6 +48,8 @@ from optspec.spec import Spec, SpecLibrary, variant_label
 SCREEN_STEPS = 3
 #: pairs of mutations are searched only when there are at most this many single ones
 PAIR_LIMIT = 12
+#: a variant one knob away with one mutation: searched only when there are at most this many such candidates
+VARIANT_MUTATION_LIMIT = 120
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class Candidate:
     def label(self) -> str:
         if self.mutations:
             names = " + ".join(m.name for m in self.mutations)
+            if self.changed:
+                return f"{self.rule} with {variant_label(self.changed)} and mutation {names}"
             return f"{self.rule} ({variant_label(self.variant)}) with mutation {names}"
         if self.same_rule:
             return f"{self.rule} with {variant_label(self.changed)}"
@@ -143,6 +149,24 @@ def mutation_candidates(
         # a reordering rewrite goes last, so that the other's equation indices still hold
         ordered = (b, a) if a.name == "decay_after_update" else (a, b)
         out.append(Candidate(spec.name, variant, True, {}, ordered))
+    return out
+
+
+def variant_mutation_candidates(
+    spec: Spec, claimed: Mapping[str, str], observations: Sequence[Observation], limit: int = VARIANT_MUTATION_LIMIT
+) -> list[Candidate]:
+    """Each variant one knob away from the claimed one, with each single mutation of it (none if more than ``limit``)."""
+    claimed = spec.full_variant(claimed)
+    out: list[Candidate] = []
+    for knob in spec.knobs.values():
+        for value in knob.values:
+            if value == claimed[knob.name]:
+                continue
+            variant = {**claimed, knob.name: value}
+            singles = [m for m in mutations(spec.resolve(variant)) if m.profile is None or _all_float64(observations)]
+            out += [Candidate(spec.name, variant, True, {knob.name: value}, (m,)) for m in singles]
+            if len(out) > limit:
+                return []
     return out
 
 
@@ -241,10 +265,15 @@ def diagnose(
     pool = candidates(spec, claimed, library)
     found = _search(pool, spec, library, observations, expectations)
     searched = len(pool)
-    for pairs in (False, True):
+    stages = (
+        lambda: mutation_candidates(spec, claimed, observations),
+        lambda: mutation_candidates(spec, claimed, observations, pairs=True),
+        lambda: variant_mutation_candidates(spec, claimed, observations),
+    )
+    for stage in stages:
         if found:
             break
-        more = mutation_candidates(spec, claimed, observations, pairs)
+        more = stage()
         searched += len(more)
         found = _search(more, spec, library, observations, expectations)
     diagnosis = Diagnosis(matches=found, first_divergence=first_divergence, searched=searched)
@@ -266,11 +295,10 @@ def diagnose(
 
 def describe(candidate: Candidate, library: SpecLibrary, claimed_spec: Spec) -> str:
     """The candidate in words: its knob values from the spec's own documentation, or its mutations."""
-    if candidate.mutations:
-        return "; ".join(m.description for m in candidate.mutations)
     spec = claimed_spec if candidate.same_rule else library.get(candidate.rule)
     parts = [] if candidate.same_rule else [spec.title]
     for knob, value in candidate.changed.items():
         doc = spec.knobs[knob].values[value].doc
         parts.append(f"{knob}={value}: {doc}" if doc else f"{knob}={value}")
+    parts += [m.description for m in candidate.mutations]
     return "; ".join(parts) if parts else "the same equations"
