@@ -393,6 +393,7 @@ BINDINGS: dict[str, Binding] = {
             "decay": {"in_ratio": Support()},
             "bias_correction": {"on": Support()},
             "adaptation": {"always": Support()},
+            "grad_clip": {"none": Support()},
             "epsilon": {
                 "outside": Support({"eps": "$eps", "eps_root": 0.0}),
                 "inside": Support({"eps": 0.0, "eps_root": "$eps"}),

@@ -200,6 +200,44 @@ class DecayGatedLars(torch.optim.Optimizer):
                 p.sub_(group["lr"] * buf)
 
 
+class GlobalClipLamb(torch.optim.Optimizer):
+    """timm Lamb's defaults: gradients divided by max(global norm / max_grad_norm, 1), trust ratio only with decay."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        max_grad_norm: float = 1.0,
+    ):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        grads = [p.grad for group in self.param_groups for p in group["params"]]
+        global_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            clip = (global_norm / group["max_grad_norm"]).clamp(min=1.0)
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                t, grad = state["step"], p.grad / clip
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                update = (m / (1 - beta1**t)) / (v.sqrt() / math.sqrt(1 - beta2**t) + group["eps"])
+                if group["weight_decay"] != 0:
+                    update.add_(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = p.norm(), update.norm()
+                    update.mul_(torch.where(w_norm > 0, torch.where(u_norm > 0, w_norm / u_norm, 1.0), 1.0))
+                p.add_(update, alpha=-group["lr"])
+
+
 PLANTED = [
     ("rmsprop", TFStyleRMSprop, {"epsilon": "inside", "momentum_lr": "inside"}, "init=ones"),
     ("nadam", OneCorrectionNAdamW, {"weight_decay": "decoupled"}, "schedule=one_correction"),
@@ -211,6 +249,7 @@ PLANTED = [
     ),
     ("adabelief", RectifiedAdaBelief, {"weight_decay": "decoupled"}, "rectify=on"),
     ("lars", DecayGatedLars, {"denominator": "separate", "momentum_lr": "outside"}, "adaptation=when_decay"),
+    ("lamb", GlobalClipLamb, {"adaptation": "when_decay"}, "grad_clip=global"),
 ]
 
 
