@@ -60,12 +60,21 @@ def rmsprop(
     centered: bool,
     momentum: float | None,
     weight_decay: float,
+    initial_scale: float = 0.0,
 ) -> Any:
     import optax
 
     return optax.chain(
         optax.add_decayed_weights(weight_decay),
-        optax.rmsprop(learning_rate, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum),
+        optax.rmsprop(
+            learning_rate,
+            decay=decay,
+            eps=eps,
+            initial_scale=initial_scale,
+            eps_in_sqrt=eps_in_sqrt,
+            centered=centered,
+            momentum=momentum,
+        ),
     )
 
 
@@ -278,6 +287,9 @@ BINDINGS: dict[str, Binding] = {
                     (Requirement("momentum == 0", "optax.rmsprop applies momentum after the learning rate"),),
                 ),
             },
+            # optax.rmsprop(initial_scale=...) starts nu at that value
+            "init": {"zeros": Support({"initial_scale": 0.0}), "ones": Support({"initial_scale": 1.0})},
+            "weight_decay": {"l2": Support()},
             "maximize": _NO_MAXIMIZE,
         },
         state={"v": Slot("nu"), "gbar": Slot("mu"), "b": Slot("trace", sign=-1.0)},
@@ -351,6 +363,9 @@ BINDINGS: dict[str, Binding] = {
         variants={
             "eps_root": {"accumulated": Support()},
             "weight_decay": {"l2": Support({"decoupled": False}), "decoupled": Support({"decoupled": True})},
+            # optax.scale_by_belief: no rectification; prediction_error = updates - mu with the new mu
+            "rectify": {"off": Support()},
+            "prediction": {"current": Support()},
         },
         state={"m": Slot("mu"), "s": Slot("nu")},
     ),
@@ -377,6 +392,8 @@ BINDINGS: dict[str, Binding] = {
             "clip": {"none": Support()},
             "decay": {"in_ratio": Support()},
             "bias_correction": {"on": Support()},
+            "adaptation": {"always": Support()},
+            "grad_clip": {"none": Support()},
             "epsilon": {
                 "outside": Support({"eps": "$eps", "eps_root": 0.0}),
                 "inside": Support({"eps": 0.0, "eps_root": "$eps"}),

@@ -69,6 +69,9 @@ BINDINGS: dict[str, Binding] = {
             "centered": {"off": Support({"centered": False}), "on": Support({"centered": True})},
             "epsilon": {"outside": _DEFAULT_ONLY},
             "momentum_lr": {"outside": _DEFAULT_ONLY},
+            # torch/optim/rmsprop.py: square_avg starts at zeros; weight_decay is added to the gradient
+            "init": {"zeros": _DEFAULT_ONLY},
+            "weight_decay": {"l2": _DEFAULT_ONLY},
             "maximize": _ON_OFF,
         },
         state={"v": Slot("square_avg"), "gbar": Slot("grad_avg"), "b": Slot("momentum_buffer")},

@@ -104,7 +104,10 @@ def run_inputs(
         for grad, stream in zip(grads, inputs.grads):
             backend.write(grad, np.asarray(stream[t - 1]).reshape(-1), dtype)
         multiplier = float(inputs.lr_multipliers[t - 1])
-        runner.step(t, float(hyper["lr"]) * multiplier, multiplier)
+        # the norm of all this step's gradients (global clipping), each tensor's norm then the norm of the norms, in float32
+        norms = [np.linalg.norm(np.asarray(stream[t - 1], dtype=np.float32).reshape(-1)) for stream in inputs.grads]
+        global_norm = float(np.linalg.norm(np.asarray(norms, dtype=np.float32)))
+        runner.step(t, float(hyper["lr"]) * multiplier, multiplier, global_norm)
         if t in wanted:
             snapshot = runner.snapshot()
             trajectory[t] = [

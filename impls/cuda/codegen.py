@@ -194,7 +194,7 @@ def build_step(rule: ResolvedRule) -> Program:
     tensor_slots = [n for n, s in rule.state.items() if s.kind == "tensor"]
     scalar_slots = [n for n, s in rule.state.items() if s.kind == "scalar"]
     env: dict[str, Node] = {name: _input("hyper", i, CONST) for i, name in enumerate(rule.spec.hyper)}
-    env.update({name: _input("builtin", name, HOST) for name in ("t", "lr", "lr_multiplier")})
+    env.update({name: _input("builtin", name, HOST) for name in ("t", "lr", "lr_multiplier", "global_grad_norm")})
     env["theta"] = _input("theta", 0, ELEMENT)
     env["grad"] = _input("grad", 0, ELEMENT)
     env.update({name: _input("slot", j, ELEMENT) for j, name in enumerate(tensor_slots)})
@@ -379,7 +379,7 @@ class _Renderer:
         if node.kind == "hyper":
             return f"hyper[{node.ref}]"
         if node.kind == "builtin":
-            return {"t": "t", "lr": "lr", "lr_multiplier": "lrm"}[str(node.ref)]
+            return {"t": "t", "lr": "lr", "lr_multiplier": "lrm", "global_grad_norm": "gnorm"}[str(node.ref)]
         if node.kind == "ssa":
             value = node.ref
             assert isinstance(value, Value)
@@ -474,8 +474,8 @@ extern "C" int optspec_{k}_info(long long* out) {{
   out[0] = K::NS; out[1] = K::NSS; out[2] = K::NR; out[3] = K::LEVELS; out[4] = K::NHS; out[5] = K::NHS_INIT;
   return 0;
 }}
-extern "C" void optspec_{k}_host_scalars(const double* hyper, double t, double lr, double lrm, double* hs) {{
-  optspec_gen::{k}_host_scalars(hyper, t, lr, lrm, hs);
+extern "C" void optspec_{k}_host_scalars(const double* hyper, double t, double lr, double lrm, double gnorm, double* hs) {{
+  optspec_gen::{k}_host_scalars(hyper, t, lr, lrm, gnorm, hs);
 }}
 extern "C" void optspec_{k}_init_scalars(const double* hyper, double* hs) {{ optspec_gen::{k}_init_scalars(hyper, hs); }}
 extern "C" int optspec_{k}_run(int pass, int dtype, const uint64_t* ptrs, const long long* numel, const long long* chunks,
@@ -617,9 +617,9 @@ def generate(rule: ResolvedRule) -> GeneratedKernel:
         return lines
 
     host_lines = host_function(
-        step, step_tables, f"{cname}_host_scalars(const double* hyper, double t, double lr, double lrm, double* hs)"
+        step, step_tables, f"{cname}_host_scalars(const double* hyper, double t, double lr, double lrm, double gnorm, double* hs)"
     )
-    host_lines.insert(-1, "  (void)t; (void)lr; (void)lrm;")
+    host_lines.insert(-1, "  (void)t; (void)lr; (void)lrm; (void)gnorm;")
     init_lines = host_function(init, init_tables, f"{cname}_init_scalars(const double* hyper, double* hs)")
 
     def branches(code: Mapping[int, list[str]], indent: str) -> str:

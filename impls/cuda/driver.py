@@ -4,7 +4,7 @@ The same driver runs the CPU emulation library (``backend="host"``, numpy buffer
 CUDA library (``backend="cuda"``, torch CUDA tensors); only allocation and pointers differ.
 A step is
 
-1. ``host_scalars(hyper, t, eta_t, s_t)`` in double (generated C++);
+1. ``host_scalars(hyper, t, eta_t, s_t, global_grad_norm)`` in double (generated C++);
 2. for each reduction level l = 1..L: zero the accumulators once, run pass l;
 3. the step pass (elementwise; writes theta and the state), then swap the per-tensor
    scalar-state buffers (read old, write new: no block reads a value another has written).
@@ -57,7 +57,7 @@ class KernelLibrary:
             info = getattr(self._dll, f"optspec_{k}_info")
             info.argtypes, info.restype = [_P], ctypes.c_int
             host_scalars = getattr(self._dll, f"optspec_{k}_host_scalars")
-            host_scalars.argtypes = [_P, ctypes.c_double, ctypes.c_double, ctypes.c_double, _P]
+            host_scalars.argtypes = [_P, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, _P]
             host_scalars.restype = None
             init_scalars = getattr(self._dll, f"optspec_{k}_init_scalars")
             init_scalars.argtypes, init_scalars.restype = [_P, _P], None
@@ -253,9 +253,15 @@ class MultiTensorRunner:
         if number in (INIT_PASS, STEP_PASS):
             self._ps.reverse()
 
-    def step(self, t: int, lr: float, lr_multiplier: float) -> None:
-        """One step at 1-based count ``t`` with eta_t = ``lr`` and s_t = ``lr_multiplier``."""
-        self.fn.host_scalars(self._hyper.ctypes.data, float(t), float(lr), float(lr_multiplier), self._hs.ctypes.data)
+    def step(self, t: int, lr: float, lr_multiplier: float, global_grad_norm: float = float("nan")) -> None:
+        """One step at 1-based count ``t`` with eta_t = ``lr`` and s_t = ``lr_multiplier``.
+
+        ``global_grad_norm`` is the norm of all tensors' gradients of this step, for rules that
+        read it (global clipping); without it a rule that reads it gets NaN, never a silent 0.
+        """
+        self.fn.host_scalars(
+            self._hyper.ctypes.data, float(t), float(lr), float(lr_multiplier), float(global_grad_norm), self._hs.ctypes.data
+        )
         if self.kernel.levels:
             self.backend.zero(self._red)
             for level in range(1, self.kernel.levels + 1):

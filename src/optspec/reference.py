@@ -306,6 +306,17 @@ def evaluate_lr_multipliers(expr: Expr | None, steps: int) -> np.ndarray:
         return np.array([float(fn({"t": np.float64(t)})) for t in range(1, steps + 1)], dtype=np.float64)
 
 
+def _global_grad_norms(inputs: CaseInputs, precision: Precision) -> list[Value]:
+    """sqrt(sum_i ||g_i||^2) at every step: each tensor's norm, then the norm of the norms, in the tensor type."""
+    tensor, scalar = precision.tensor, precision.scalar
+    out = []
+    with np.errstate(all="ignore"):
+        for step in range(inputs.steps):
+            norms = [np.sqrt(np.sum(np.square(np.asarray(g[step], dtype=tensor)))) for g in inputs.grads]
+            out.append(scalar(np.sqrt(np.sum(np.square(np.asarray(norms, dtype=tensor))))))
+    return out
+
+
 def run_reference(
     rule: ResolvedRule,
     hyper: Mapping[str, float],
@@ -327,6 +338,7 @@ def run_reference(
     wanted = set(record)
     trajectory: Trajectory = {step: [] for step in sorted(wanted)}
     base_lr = scalar(hyper["lr"])
+    global_norms = _global_grad_norms(inputs, precision)
     for index, (param, grads) in enumerate(zip(inputs.params, inputs.grads)):
         theta = np.asarray(param, dtype=tensor).copy()
         state = compiled.init_state(theta, hyper_values)
@@ -340,6 +352,8 @@ def run_reference(
                 "t": scalar(t),
                 "lr": scalar(base_lr * multiplier),
                 "lr_multiplier": multiplier,
+                "global_grad_norm": global_norms[t - 1],
+                "ndim": scalar(np.ndim(param)),
             }
             compiled.step(env)
             theta = env["theta"]

@@ -14,6 +14,9 @@ Names available to every equation:
 * every hyperparameter (read only), except that ``lr`` denotes the learning rate in
   effect at step t, eta_t = eta * s_t, where eta is the hyperparameter ``lr``;
 * ``t`` — the 1-based step count, ``lr_multiplier`` — the schedule multiplier s_t;
+* ``global_grad_norm`` — sqrt(sum over every tensor of sum(g^2)) at this step, the norm of
+  all the case's gradients together (global gradient clipping); ``ndim`` — the number of
+  dimensions of this tensor (0 for a scalar; per-tensor exclusions such as ndim > 1);
 * the state slots (read the value left by the previous step, write the new one);
 * locals, which live for one step and must be written before they are read.
 """
@@ -61,8 +64,10 @@ BUILTIN_NAMES: dict[str, Kind] = {
     "t": "scalar",
     "lr": "scalar",
     "lr_multiplier": "scalar",
+    "global_grad_norm": "scalar",
+    "ndim": "scalar",
 }
-READ_ONLY_BUILTINS = frozenset({"grad", "t", "lr", "lr_multiplier"})
+READ_ONLY_BUILTINS = frozenset({"grad", "t", "lr", "lr_multiplier", "global_grad_norm", "ndim"})
 
 #: Cases every rule gets without declaring them.
 STANDARD_CASES: tuple[dict[str, object], ...] = (
@@ -740,7 +745,7 @@ def _check_resolved(
         if slot.init is not None:
             env = {**base, **{s: state[s].kind for s in state if state[s].init is not None}}
             env.pop("grad")
-            for r in ("t", "lr", "lr_multiplier"):
+            for r in ("t", "lr", "lr_multiplier", "global_grad_norm"):
                 env.pop(r)
             kind = _infer(slot.init, env, f"{spec.where}{label}, state {name!r} init {quoted(str(slot.init_text))}")
             if slot.kind == "scalar" and kind == "tensor":
