@@ -312,7 +312,8 @@ def _check_keywords(session: Session, maps: Mapping[str, str], kwargs: Mapping[s
         owner = naming.owner(name, session.variant) if name in session.spec.hyper else session.info
         if not owner.accepts(theirs):
             raise UsageError(
-                f"--map {name}={theirs}: {owner.ref} takes no keyword {keyword_base(theirs)!r}; its signature is {owner.signature}"
+                f"--map {name}={theirs}: {owner.ref} takes no keyword {keyword_base(theirs)!r}; "
+                f"its signature is {owner.signature}"
             )
     set_by_optspec = {keyword_base(naming.keyword(h, session.variant)): h for h in session.spec.hyper}
     for name in kwargs:
@@ -478,6 +479,18 @@ def _diagnose(session: Session, main: Sequence[_Ran], ran: Sequence[_Ran]) -> Di
     """The explanation of the numeric failures: a precision finding, a variant, or 'unexplained'."""
     spec = session.spec
     numeric = [r for r in main if r.result.failure == "numeric"]
+    float64_all = [r for r in ran if r.result.failure == "numeric" and r.result.dtype == "float64"]
+    if float64_all and all(r.observed is not None and _within_float32(r.expected, r.observed) for r in float64_all):
+        for r in float64_all:
+            r.result.finding = COMPUTES_IN_FLOAT32
+        cases = ", ".join(sorted({r.result.case for r in float64_all}))
+        return Diagnosis(
+            explanation=(
+                f"{COMPUTES_IN_FLOAT32}: the failing float64 cases ({cases}) are within the float32 budget of the "
+                "reference, so the target computes float64 parameters (or a state slot, or its step arithmetic) in float32"
+            ),
+            first_divergence=float64_all[0].result.message,
+        )
     if not numeric:
         failing_flags = [r for r in ran if r.result.flag and r.result.failure == "numeric"]
         if not failing_flags:
@@ -500,17 +513,6 @@ def _diagnose(session: Session, main: Sequence[_Ran], ran: Sequence[_Ran]) -> Di
         )
         return found
     float64 = [r for r in numeric if r.result.dtype == "float64"]
-    if float64 and all(r.observed is not None and compare(r.expected, r.observed, "float32", "").ok for r in float64):
-        for r in float64:
-            r.result.finding = COMPUTES_IN_FLOAT32
-        cases = ", ".join(sorted({r.result.case for r in float64}))
-        return Diagnosis(
-            explanation=(
-                f"{COMPUTES_IN_FLOAT32}: the failing float64 cases ({cases}) are within the float32 budget of the "
-                "reference, so the target computes float64 parameters (or a state slot, or its step arithmetic) in float32"
-            ),
-            first_divergence=float64[0].result.message,
-        )
     dtype = "float64" if float64 else numeric[0].result.dtype
     if dtype == "float32" and any(r.result.dtype == "float64" and r.result.status in ("conforms", "deviation") for r in main):
         return Diagnosis(
@@ -524,6 +526,15 @@ def _diagnose(session: Session, main: Sequence[_Ran], ran: Sequence[_Ran]) -> Di
 
 
 COMPUTES_IN_FLOAT32 = "computes in float32"
+#: the profiles of float32 arithmetic: tensors in float32 with float64 or with float32 step scalars
+FLOAT32_PROFILES = ("float32", "float32_scalar32")
+
+
+def _within_float32(expected: GoldenTest, observed: Trajectory) -> bool:
+    """Whether a float64 run is within the budget of some float32 arithmetic (it computes in float32)."""
+    return any(compare(expected, observed, profile, "").ok for profile in FLOAT32_PROFILES)
+
+
 STEP_SCALARS_FLOAT32 = "step scalars in float32"
 
 
@@ -639,7 +650,8 @@ def run_flags(
         flag = _settings(keywords)
         if best is None:
             session.notes.append(
-                f"flag {flag} ({knob}={value}) not checked: no case of {spec.name} separates it from {knob}={session.variant[knob]}"
+                f"flag {flag} ({knob}={value}) not checked: no case of {spec.name} separates it "
+                f"from {knob}={session.variant[knob]}"
             )
             continue
         case_id, hyper, inputs, record, _ = prepared[best[1]]
@@ -741,7 +753,7 @@ def format_report(report: CheckReport) -> str:
         lines.append(f"{c.case.ljust(width)}  {c.dtype:<7}  {status:<9}  {shown}{extra}")
     if report.behaviour:
         lines.append("")
-        bwidth = max(len(b.name) for b in report.behaviour + [BehaviourResult("behavioural check", "", "")])
+        bwidth = max(len(b.name) for b in [*report.behaviour, BehaviourResult("behavioural check", "", "")])
         lines.append(f"{'behavioural check'.ljust(bwidth)}  status")
         for b in report.behaviour:
             lines.append(f"{b.name.ljust(bwidth)}  {b.status}" + (f" (follows from: {b.follows})" if b.follows else ""))
