@@ -373,6 +373,12 @@ class Checker:
         name = "none_gradients"
         if self.s.info.kind != "torch":
             return _result(name, "not applicable", "optax has no per-parameter None gradient")
+        if self.s.inner_info is not None:
+            return _result(
+                name,
+                "not applicable",
+                "a wrapper counts optimizer steps for every parameter (its synchronisation does not skip a None gradient)",
+            )
         steps = 6
         full = truncate(self.inputs, steps)
         inputs = CaseInputs((full.params[2], full.params[3]), (full.grads[2], full.grads[3]), full.lr_multipliers)
@@ -455,6 +461,8 @@ class Checker:
             tied = ties.get(keyword, [hname])
             if tied[0] != hname or not self.s.naming.accepts(hname, self.s.variant):
                 continue
+            if self.s.inner_info is not None and self.s.naming.owner(hname, self.s.variant) is not self.s.inner_info:
+                continue  # a wrapper's own hyperparameters (k, alpha) are not per group
             new = perturb(hyper, self.hyper[hname])
             if new != self.hyper[hname]:
                 second.update(dict.fromkeys(tied, new))

@@ -472,6 +472,8 @@ def _refuse_if_nothing_ran(session: Session, ran: Sequence[_Ran]) -> None:
         why = "every case was skipped: " + "; ".join(reasons) if reasons else "the rule has no cases"
     if len(why) > 400:
         why = why[:397] + "..."
+    if "inner" in session.spec.knobs and session.inner is None:
+        why += f"; rule {session.spec.name} is a composite: a wrapper needs its inner optimizer, --inner MODULE:ATTR"
     raise UsageError(f"could not run {session.info.ref}: {why}")
 
 
