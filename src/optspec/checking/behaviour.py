@@ -264,7 +264,7 @@ class Checker:
                 continue
             if isinstance(observed, str):
                 continue
-            checked.append(keyword)
+            checked.append(keyword if len(tied) == 1 else f"{keyword} ({hname})")
             if _identical(base_obs, observed):
                 problems.append(
                     f"{keyword!r} (spec {hname}) is accepted but ignored: changing it from {self.hyper[hname]:g} to {new:g} "
