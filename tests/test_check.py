@@ -224,3 +224,26 @@ def test_wrapper_without_inner_is_exit_2_with_the_advice(capsys: pytest.CaptureF
     assert code == 2, f"a wrapper that cannot be constructed must exit 2, got {code}:\n{out}"
     assert "could not run tests.fixtures.wrappers:Lookahead" in err and "--inner MODULE:ATTR" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_cases_are_skipped_only_for_hyperparameters_the_claimed_variant_reads() -> None:
+    """lamb's default variant (clip=none) never reads max_ratio: its cases with max_ratio = 1 still run."""
+    report = check("lamb", "tests.fixtures.keywords:NoMaxRatioLamb", behaviour=False, dtypes=("float64",), steps=5)
+    by = rows(report)
+    for case in ("knobs", "zero_bias", "scheduled"):
+        assert by[(case, "float64")].status == "conforms", f"case {case} must run without max_ratio: {by[(case, 'float64')]}"
+
+
+def test_a_skip_names_the_map_that_works() -> None:
+    report = check("sgd", "tests.fixtures.keywords:RenamedDecaySGD", behaviour=False, dtypes=("float32",), steps=5)
+    knobs = rows(report)[("knobs", "float32")]
+    assert knobs.status == "skipped" and "use --map weight_decay=weightdecay" in knobs.message, knobs
+    fixed = check(
+        "sgd",
+        "tests.fixtures.keywords:RenamedDecaySGD",
+        maps=["weight_decay=weightdecay"],
+        behaviour=False,
+        dtypes=("float32",),
+        steps=5,
+    )
+    assert rows(fixed)[("knobs", "float32")].status == "conforms", rows(fixed)[("knobs", "float32")]

@@ -52,6 +52,7 @@ import numpy as np
 
 from optspec.cases import make_inputs
 from optspec.checking.expected import bfloat16_type, truncate
+from optspec.checking.results import COMPUTES_IN_FLOAT32, FLOAT32_PROFILES, BehaviourResult, CheckReport
 from optspec.checking.targets import Scenario
 from optspec.checking.worker import TargetFailure
 from optspec.conformance import Comparison, compare
@@ -62,12 +63,10 @@ from optspec.reference import FLOAT64, CaseInputs, Trajectory
 from optspec.spec import Hyper
 
 if TYPE_CHECKING:
-    from optspec.checking.runner import BehaviourResult, CheckReport, Session
+    from optspec.checking.runner import Session
 
 
 def _result(name: str, status: str, message: str) -> BehaviourResult:
-    from optspec.checking.runner import BehaviourResult
-
     return BehaviourResult(name, status, message)
 
 
@@ -149,8 +148,6 @@ class Checker:
         self.dtype = choose_dtype(report)
         self.case, self.hyper, self.inputs = base_case(session)
         # The numeric finding of the cases, by which a failed comparison may be explained.
-        from optspec.checking.runner import COMPUTES_IN_FLOAT32, FLOAT32_PROFILES
-
         self.finding_profiles: tuple[str, ...] = ()
         self.finding_variant: Mapping[str, str] | None = None
         self.finding = ""
