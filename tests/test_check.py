@@ -247,3 +247,10 @@ def test_a_skip_names_the_map_that_works() -> None:
         steps=5,
     )
     assert rows(fixed)[("knobs", "float32")].status == "conforms", rows(fixed)[("knobs", "float32")]
+
+
+def test_wrapper_inner_rule_follows_the_inner_class() -> None:
+    report = check("lookahead", "tests.fixtures.wrappers:Lookahead", inner="torch.optim:Adam", behaviour=False)
+    assert report.variant["inner"] == "adam", f"Lookahead(Adam) is lookahead with inner=adam: {report.variant}"
+    assert report.exit_code == 0, [c for c in report.cases if c.status != "conforms"]
+    assert report.inner is not None and report.inner.ref == "torch.optim:Adam", report.inner

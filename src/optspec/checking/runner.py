@@ -282,6 +282,11 @@ def open_session(
     if inner_info is not None and (info.kind != "torch" or inner_info.kind != "torch"):
         executor.close()
         raise UsageError("--inner: only torch wrappers are supported (Wrapper(Inner(params, ...), ...))")
+    if inner_info is not None and "inner" not in parse_assignments(variant, "--variant"):
+        # Lookahead(Adam(...)) is lookahead with inner=adam: the inner class names the inner rule.
+        named = inner_info.qualname.split(".")[-1].lower()
+        if named in spec.knobs["inner"].values:
+            claimed = {**claimed, "inner": named}
     if isinstance(executor, Isolated):
         executor.warmup = (f"{TARGETS_MODULE}:describe", (target, os.getcwd()))
     session = Session(spec, library, target, executor, info, claimed, overrides, renames, timeout, fixed, inner, inner_info)
