@@ -87,6 +87,7 @@ def test_torch_adamw_claimed_as_adam_fails_with_a_diagnosis(capsys: pytest.Captu
         (["adam", "torch.optim:Adam", "--kwarg", "max_grad_norm=None"], "no keyword 'max_grad_norm'; its signature is Adam("),
         (["adam", "torch.optim:Adam", "--kwarg", "lr=0.1"], "is set from spec hyperparameter lr; use --hyper lr=VALUE"),
         (["adam", "torch.optim:Adam", "--inner", "torch.optim:SGD"], "rule 'adam' is not a composite rule"),
+        (["adam", "torch.optim:Adam", "--kwarg", "amsgrad=True"], "selects the variant knob amsgrad; use --variant amsgrad="),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:

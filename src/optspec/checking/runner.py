@@ -232,6 +232,12 @@ def _check_keywords(session: Session, maps: Mapping[str, str], kwargs: Mapping[s
                 f"its signature is {owner.signature}"
             )
     set_by_optspec = {keyword_base(naming.keyword(h, session.variant)): h for h in session.spec.hyper}
+    knob_keywords: dict[str, str] = {}
+    for knob_name, knob in session.spec.knobs.items():
+        for value in knob.values:
+            support = naming.knob_support(knob_name, value)
+            for keyword in support.kwargs if support is not None else ():
+                knob_keywords.setdefault(keyword_base(naming.maps.get(keyword, keyword)), knob_name)
     for name in kwargs:
         if not session.info.accepts(name):
             raise UsageError(
@@ -240,6 +246,12 @@ def _check_keywords(session: Session, maps: Mapping[str, str], kwargs: Mapping[s
         if name in set_by_optspec and session.info.accepts(name):
             hyper = set_by_optspec[name]
             raise UsageError(f"--kwarg {name}=...: {name!r} is set from spec hyperparameter {hyper}; use --hyper {hyper}=VALUE")
+        if name in knob_keywords:
+            knob_name = knob_keywords[name]
+            raise UsageError(
+                f"--kwarg {name}=...: {name!r} selects the variant knob {knob_name}; use --variant {knob_name}=VALUE "
+                f"(values: {', '.join(session.spec.knobs[knob_name].values)})"
+            )
 
 
 def open_session(
@@ -484,7 +496,7 @@ def run_case(
         return _Ran(CaseResult(row, dtype, "fails", message, failure=exc.kind, flag=flag, variant=variant), expected, None, None)
     context = f"{session.spec.name} x {session.info.ref}, case {row}, {dtype}" + (f", with {flag}" if flag else "")
     comparison, profile, registered = compare_with_registry(session.spec, session.info.ref, expected, observed, dtype, context)
-    deviations = [*session.deviations, *registered] if not flag else list(registered)
+    deviations = [*session.deviations, *registered]
     message = ""
     if not comparison.ok and dtype == "float32":
         relaxed = compare(expected, observed, "float32_scalar32", context)
