@@ -542,7 +542,8 @@ def _torch_snapshot(
 
     values = {"theta": param.detach().to(torch.float64).numpy().copy()}
     state: dict[str, Any] = {}
-    base = getattr(optimizer, "optimizer", None) or getattr(optimizer, "base_optimizer", None)
+    inner_names = ("optimizer", "base_optimizer", "_base_optimizer")
+    base = next((getattr(optimizer, a) for a in inner_names if hasattr(optimizer, a)), None)
     for holder in (base, optimizer):  # a wrapper's own state over its inner optimizer's
         if holder is not None and hasattr(holder, "state"):
             state.update(holder.state.get(param, {}))
