@@ -86,7 +86,7 @@ def base_case(session: Session, case_id: str | None = None) -> tuple[str, dict[s
         # target is assumed to implement (the note says so), so that the checks still run.
         if not session.naming.accepts(name, session.variant) and name not in session.overrides:
             hyper[name] = spec.hyper[name].default
-    for names in session.naming.ties().values():
+    for names in session.naming.ties(session.variant).values():
         # Tied hyperparameters (--map eps_root=eps) take one value: the first one's.
         for other in names[1:]:
             hyper[other] = hyper[names[0]]
@@ -235,7 +235,7 @@ class Checker:
                 return None
             return max(float(np.max(np.abs(a["theta"] - b["theta"]), initial=0.0)) for a, b in zip(ref_a.expected[10], ref_b[10]))
 
-        ties = self.s.naming.ties()
+        ties = self.s.naming.ties(self.s.variant)
         for hname, hyper in self.spec.hyper.items():
             keyword = self.s.naming.keyword(hname, self.s.variant)
             if not self.s.naming.accepts(hname, self.s.variant):
@@ -450,7 +450,7 @@ class Checker:
     def _group_perturbations(self, only: Sequence[str] | None = None) -> tuple[dict[str, float], list[str]]:
         second = dict(self.hyper)
         changed: list[str] = []
-        ties = self.s.naming.ties()
+        ties = self.s.naming.ties(self.s.variant)
         for hname, hyper in self.spec.hyper.items():
             if only is not None and hname not in only:
                 continue

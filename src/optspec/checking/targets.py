@@ -192,11 +192,11 @@ class Naming:
         variant = variant or self.spec.default_variant()
         return self.owner(hyper, variant).accepts(self.keyword(hyper, variant))
 
-    def ties(self) -> dict[str, list[str]]:
+    def ties(self, variant: Mapping[str, str] | None = None) -> dict[str, list[str]]:
         """keyword -> the spec hyperparameters mapped to it, where there are several."""
         groups: dict[str, list[str]] = {}
         for name in self.spec.hyper:
-            groups.setdefault(self.keyword(name), []).append(name)
+            groups.setdefault(self.keyword(name, variant), []).append(name)
         return {k: v for k, v in groups.items() if len(v) > 1}
 
     def reads(self, variant: Mapping[str, str]) -> frozenset[str]:
