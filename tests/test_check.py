@@ -255,3 +255,12 @@ def test_wrapper_inner_rule_follows_the_inner_class() -> None:
     assert report.variant["inner"] == "adam", f"Lookahead(Adam) is lookahead with inner=adam: {report.variant}"
     assert report.exit_code == 0, [c for c in report.cases if c.status != "conforms"]
     assert report.inner is not None and report.inner.ref == "torch.optim:Adam", report.inner
+
+
+def test_wrapper_that_resets_the_inner_state_fails() -> None:
+    report = check(
+        "lookahead", "tests.fixtures.wrappers:ResettingLookahead", inner="torch.optim:SGD", behaviour=False, dtypes=("float64",)
+    )
+    momentum = rows(report)[("momentum", "float64")]
+    assert momentum.status == "fails" and momentum.failure == "numeric", f"resetting SGD momentum at a sync must fail: {momentum}"
+    assert report.exit_code == 1
