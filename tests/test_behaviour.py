@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 import torch
-from fixtures import broken
+from fixtures import behaviours, broken
 from fixtures.reference_optimizer import make_reference_optimizer
 
 from optspec.checking.behaviour import run_behaviour
@@ -58,6 +58,9 @@ def assert_status(result: BehaviourResult, status: str, target: object, contains
         ("non_finite", "adam", torch.optim.Adam, broken.NanRepairAdam, "silently repaired"),
         ("non_finite", "adam", torch.optim.Adam, broken.RaisesOnNanAdam, "made the target fail"),
         ("bfloat16", "adam", torch.optim.Adam, broken.Bf16PathAdam, "bfloat16 parameters:"),
+        ("grad_unchanged", "sgd", torch.optim.SGD, behaviours.GradDecaySGD, "step 1 modified p.grad of parameter 0"),
+        ("param_groups_lr", "adam", torch.optim.Adam, behaviours.CachedStepSizeAdam, "two groups (lr 0.01 -> 0.02"),
+        ("non_finite", "lion", behaviours.NanSignLion, behaviours.TorchSignLion, "the NaN stays hidden in the state"),
     ],
 )
 def test_check_passes_torch_and_catches_the_broken_optimizer(check, rule, good, bad, says) -> None:
@@ -81,3 +84,22 @@ def test_optax_target_runs_the_checks_that_apply() -> None:
         assert_status(behaviour("adamw", optax.adamw, check), "passed", optax.adamw)
     for check in ("none_gradients", "param_groups", "state_dict"):
         assert_status(behaviour("adamw", optax.adamw, check), "not applicable", optax.adamw)
+
+
+def test_torch_sign_lion_freezes_the_nan_element_in_its_state() -> None:
+    """The spec's sign(NaN) is NaN (optspec.reference uses numpy.sign), so the reference makes the element NaN;
+    torch.sign(NaN) is 0, so a torch.sign Lion keeps the element finite while exp_avg holds the NaN."""
+    result = behaviour("lion", behaviours.TorchSignLion, "non_finite")
+    assert_status(result, "failed", behaviours.TorchSignLion, "while state exp_avg holds the NaN")
+    assert "sign(NaN) is 0" in result.message, result.message
+
+
+def test_torch_adagrad_ignores_a_per_group_initial_accumulator_value() -> None:
+    """A behavioural finding on torch.optim.Adagrad 2.13, read in torch/optim/adagrad.py: __init__ (lines 79-98)
+    fills state['sum'] of every parameter with the constructor's initial_accumulator_value, and _init_group
+    (lines 172-182) uses self.defaults['initial_accumulator_value'], never group['initial_accumulator_value']."""
+    result = behaviour("adagrad", torch.optim.Adagrad, "param_groups")
+    assert_status(result, "failed", torch.optim.Adagrad, "the second group's 'initial_accumulator_value'")
+    assert "is ignored" in result.message and "the value given to the constructor" in result.message, result.message
+    others = behaviour("adagrad", torch.optim.Adagrad, "param_groups_lr")
+    assert_status(others, "passed", torch.optim.Adagrad)

@@ -10,14 +10,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 pytest.importorskip("torch")
 
-from optspec.checking.runner import check
+from optspec.checking.runner import CheckReport, check, to_json
 from optspec.cli import main
 
 FIXTURES = "tests.fixtures.misbehaving"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "conformance" / "check-result.schema.json"
+
+
+def assert_schema_valid(doc: dict) -> None:
+    """The --json document is described by the published schema conformance/check-result.schema.json."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path))
+    assert not errors, "check result does not match conformance/check-result.schema.json: " + "; ".join(
+        f"at {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:5]
+    )
+
+
+def rows(report: CheckReport) -> dict[tuple[str, str], object]:
+    return {(c.case, c.dtype): c for c in report.cases}
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -36,6 +52,9 @@ def test_torch_adamw_conforms_to_adamw(capsys: pytest.CaptureFixture[str], tmp_p
         assert key in doc, f"--json output lacks {key!r}: {sorted(doc)}"
     assert doc["specs"]["adamw"]["sha256"], "the JSON must carry the spec hash"
     assert doc["target"]["kind"] == "torch" and doc["verdict"] == "conforms", doc["target"]
+    assert doc["target"]["distribution"] == "torch" and doc["target"]["packageVersion"], doc["target"]
+    assert "distribution torch " in out, f"the report should name the target's distribution and version:\n{out}"
+    assert_schema_valid(doc)
     assert {c["status"] for c in doc["cases"]} == {"conforms"}, [c for c in doc["cases"] if c["status"] != "conforms"]
     statuses = {b["name"]: b["status"] for b in doc["behaviour"]}
     assert statuses["state_dict"] == "passed" and statuses["hyperparameters"] == "passed", statuses
@@ -61,6 +80,14 @@ def test_torch_adamw_claimed_as_adam_fails_with_a_diagnosis(capsys: pytest.Captu
         (["adam", "torch.optim:NoSuchAdam"], "has no attribute 'NoSuchAdam'"),
         (["adam", "torch.optim"], "must be MODULE:ATTRIBUTE"),
         (["adam", "torch.optim:Optimizer", "--timeout", "0"], "--timeout 0: must be positive"),
+        (["sgd", "torch.optim:SGD", "--map", "momentum=momentm"], "takes no keyword 'momentm'; its signature is SGD("),
+        (["sgd", "torch.optim:SGD", "--map", "lr=lr[x"], "'lr[x' is not a keyword name"),
+        (["adam", "torch.optim:Adam", "--kwarg", "foreach=Tru e"], "--kwarg foreach=Tru e: not a Python literal"),
+        (["adam", "torch.optim:Adam", "--kwarg", "foreach"], "--kwarg 'foreach' must be NAME=VALUE"),
+        (["adam", "torch.optim:Adam", "--kwarg", "max_grad_norm=None"], "no keyword 'max_grad_norm'; its signature is Adam("),
+        (["adam", "torch.optim:Adam", "--kwarg", "lr=0.1"], "is set from spec hyperparameter lr; use --hyper lr=VALUE"),
+        (["adam", "torch.optim:Adam", "--inner", "torch.optim:SGD"], "rule 'adam' is not a composite rule"),
+        (["adam", "torch.optim:Adam", "--kwarg", "amsgrad=True"], "selects the variant knob amsgrad; use --variant amsgrad="),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
@@ -90,8 +117,151 @@ def test_misbehaving_target_is_reported_per_case(target: str, failure: str, says
     assert report.exit_code == 1
 
 
-def test_factory_returning_something_else_is_reported() -> None:
-    report = check("adam", f"{FIXTURES}:not_a_transformation", behaviour=False, dtypes=("float32",), steps=5)
-    assert all(
-        c.status == "fails" and "not an optax GradientTransformation" in c.message for c in report.cases if c.status != "skipped"
-    ), [c.message for c in report.cases]
+def test_factory_returning_something_else_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A plain function that is not an optax factory could not be run in any case: bad input, not a verdict."""
+    code, out, err = run_cli(capsys, "adam", f"{FIXTURES}:not_a_transformation", "--no-behaviour")
+    assert code == 2, f"a function returning a dict must exit 2, got {code}; stdout: {out}"
+    assert "could not run tests.fixtures.misbehaving:not_a_transformation" in err, err
+    assert "not an optax GradientTransformation" in err and len(err.strip().splitlines()) == 1, err
+    assert "does NOT conform" not in out, out
+
+
+@pytest.mark.parametrize(
+    ("rule", "target", "row", "flag"),
+    [
+        ("adam", "tests.fixtures.flags:CorrectedMaxAmsgradAdam", "knobs[amsgrad=raw]", "amsgrad=True"),
+        ("sgd", "tests.fixtures.flags:PreviousBufferNesterovSGD", "cosine_schedule[nesterov=on]", "nesterov=True"),
+    ],
+)
+def test_a_wrong_flag_path_fails_naming_the_flag(rule: str, target: str, row: str, flag: str) -> None:
+    """Both fixtures are torch.optim's own class with that flag off; only the flag's path is wrong."""
+    report = check(rule, target, behaviour=False)
+    by = rows(report)
+    for dtype in ("float64", "float32"):
+        result = by[(row, dtype)]
+        assert result.status == "fails" and result.flag == flag, f"{row} ({dtype}) should fail with {flag}: {result}"
+        assert f"with {flag}" in result.message, f"the failure should name the flag {flag}: {result.message}"
+    plain = [c for c in report.cases if not c.flag]
+    assert all(c.status == "conforms" for c in plain), [c for c in plain if c.status != "conforms"]
+    assert report.exit_code == 1
+    assert report.diagnosis is not None and report.diagnosis.explanation.startswith(f"the flag {flag} does not implement"), (
+        report.diagnosis
+    )
+    assert_schema_valid(to_json(report))
+
+
+@pytest.mark.parametrize(
+    ("rule", "target", "row"),
+    [("adam", "torch.optim:Adam", "knobs[amsgrad=raw]"), ("sgd", "torch.optim:SGD", "cosine_schedule[nesterov=on]")],
+)
+def test_torch_flags_get_their_own_rows_and_conform(rule: str, target: str, row: str) -> None:
+    report = check(rule, target, behaviour=False)
+    by = rows(report)
+    assert (row, "float64") in by and (row, "float32") in by, f"expected flag rows {row}: {sorted(by)}"
+    assert {c.status for c in report.cases} == {"conforms"}, [c for c in report.cases if c.status != "conforms"]
+    assert any(c.case.endswith("[maximize=on]") for c in report.cases), "maximize=True is a flag of torch.optim too"
+
+
+def test_torch_nadam_is_a_known_deviation_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """impls/deviations.toml torch-nadam-mu-product-float32 applies to check as to optspec run."""
+    code, out, _ = run_cli(capsys, "nadam", "torch.optim:NAdam", "--no-behaviour")
+    assert code == 0, f"torch.optim.NAdam is a registered deviation (mu_product in float32), expected exit 0:\n{out}"
+    assert "torch-nadam-mu-product-float32" in out and "with known deviations" in out, out
+    assert "FAIL" not in out, out
+
+
+def test_step_scalars_in_float32_is_a_known_precision_deviation_for_torch() -> None:
+    report = check("adamw", "tests.fixtures.precision:Float32ScalarsAdamW", behaviour=False)
+    float32 = [c for c in report.cases if c.dtype == "float32"]
+    assert report.exit_code == 0 and report.verdict == "deviation", [c for c in report.cases if c.status == "fails"]
+    assert any(c.status == "deviation" and "step scalars in float32" in c.message for c in float32), float32
+    assert all(c.status == "conforms" for c in report.cases if c.dtype == "float64"), "float64 uses float64 scalars"
+
+
+def test_float32_computation_of_float64_parameters_is_a_named_finding(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "adamw", "tests.fixtures.precision:Float32InsideAdamW")
+    assert code == 1, f"computing float64 parameters in float32 is a failure:\n{out}"
+    assert "diagnosis: computes in float32" in out, f"the diagnosis should name the finding:\n{out}"
+    assert "unexplained" not in out and "no declared variant" not in out, out
+    assert "FAIL behaviour zero_gradients" not in out, f"behavioural failures that follow from it are grouped:\n{out}"
+    assert "zero_gradients     failed (follows from: computes in float32)" in out, out
+    assert "it also explains the failed behavioural check zero_gradients" in out, out
+
+
+def test_kwarg_is_passed_to_the_constructor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "r.json"
+    code, out, _ = run_cli(capsys, "adam", "torch.optim:Adam", "--kwarg", "foreach=True", "--no-behaviour", "--json", str(path))
+    assert code == 0, out
+    doc = json.loads(path.read_text())
+    assert doc["kwargs"] == {"foreach": True}, doc["kwargs"]
+    assert_schema_valid(doc)
+
+
+def test_tied_hyperparameters_skip_cases_where_they_differ() -> None:
+    """OneEpsAdaBelief uses one eps for the spec's eps and eps_root (adabelief-pytorch style)."""
+    report = check(
+        "adabelief", "tests.fixtures.wrappers:OneEpsAdaBelief", maps=["eps_root=eps"], hypers=["eps=1e-8"], dtypes=("float64",)
+    )
+    by = rows(report)
+    skipped = by[("defaults", "float64")]
+    assert skipped.status == "skipped" and "eps and eps_root are tied to one keyword 'eps'" in skipped.message, skipped
+    assert by[("knobs", "float64")].status == "conforms", by[("knobs", "float64")]
+    statuses = {b.name: b for b in report.behaviour}
+    assert statuses["hyperparameters"].status == "passed", statuses["hyperparameters"]
+    message = statuses["hyperparameters"].message
+    assert "eps (eps = eps_root)" in message, f"the tied pair should be varied together: {message}"
+    assert report.exit_code == 0, [c for c in report.cases if c.status == "fails"] + [
+        b for b in report.behaviour if b.status == "failed"
+    ]
+
+
+def test_wrapper_with_inner_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "lookahead", "tests.fixtures.wrappers:Lookahead", "--inner", "torch.optim:SGD")
+    assert code == 0, f"Lookahead(SGD(params), k, alpha) should conform to lookahead(sgd):\n{out}"
+    assert "inner optimizer: torch.optim:SGD" in out and "momentum   float64  conforms" in out, out
+
+
+def test_wrapper_without_inner_is_exit_2_with_the_advice(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "lookahead", "tests.fixtures.wrappers:Lookahead", "--no-behaviour")
+    assert code == 2, f"a wrapper that cannot be constructed must exit 2, got {code}:\n{out}"
+    assert "could not run tests.fixtures.wrappers:Lookahead" in err and "--inner MODULE:ATTR" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_cases_are_skipped_only_for_hyperparameters_the_claimed_variant_reads() -> None:
+    """lamb's default variant (clip=none) never reads max_ratio: its cases with max_ratio = 1 still run."""
+    report = check("lamb", "tests.fixtures.keywords:NoMaxRatioLamb", behaviour=False, dtypes=("float64",), steps=5)
+    by = rows(report)
+    for case in ("knobs", "zero_bias", "scheduled"):
+        assert by[(case, "float64")].status == "conforms", f"case {case} must run without max_ratio: {by[(case, 'float64')]}"
+
+
+def test_a_skip_names_the_map_that_works() -> None:
+    report = check("sgd", "tests.fixtures.keywords:RenamedDecaySGD", behaviour=False, dtypes=("float32",), steps=5)
+    knobs = rows(report)[("knobs", "float32")]
+    assert knobs.status == "skipped" and "use --map weight_decay=weightdecay" in knobs.message, knobs
+    fixed = check(
+        "sgd",
+        "tests.fixtures.keywords:RenamedDecaySGD",
+        maps=["weight_decay=weightdecay"],
+        behaviour=False,
+        dtypes=("float32",),
+        steps=5,
+    )
+    assert rows(fixed)[("knobs", "float32")].status == "conforms", rows(fixed)[("knobs", "float32")]
+
+
+def test_wrapper_inner_rule_follows_the_inner_class() -> None:
+    report = check("lookahead", "tests.fixtures.wrappers:Lookahead", inner="torch.optim:Adam", behaviour=False)
+    assert report.variant["inner"] == "adam", f"Lookahead(Adam) is lookahead with inner=adam: {report.variant}"
+    assert report.exit_code == 0, [c for c in report.cases if c.status != "conforms"]
+    assert report.inner is not None and report.inner.ref == "torch.optim:Adam", report.inner
+
+
+def test_wrapper_that_resets_the_inner_state_fails() -> None:
+    report = check(
+        "lookahead", "tests.fixtures.wrappers:ResettingLookahead", inner="torch.optim:SGD", behaviour=False, dtypes=("float64",)
+    )
+    momentum = rows(report)[("momentum", "float64")]
+    assert momentum.status == "fails" and momentum.failure == "numeric", f"resetting SGD momentum at a sync must fail: {momentum}"
+    assert report.exit_code == 1

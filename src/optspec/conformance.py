@@ -217,24 +217,8 @@ def run_check(check: Check) -> CheckResult:
         observed = impl.run(plan, test.inputs, test.hyper, dtype, test.steps)
     except AdapterError as exc:
         return CheckResult(**base, status="error", message=f"{context}: {exc}", compared_variant=plan.compared_variant)
-    profile = dtype
-    comparison = compare(target, observed, profile, context)
-    deviations = plan.deviations
-    if not comparison.ok:
-        precision = find_precision_deviation(impl.name, dtype)
-        if precision is not None:
-            relaxed = compare(target, observed, str(precision.profile), context)
-            if relaxed.ok:
-                profile, comparison, deviations = str(precision.profile), relaxed, (*deviations, precision)
-    if not comparison.ok:
-        storage = find_storage_deviation(spec.name, impl.name, dtype)
-        if storage is not None:
-            # The arithmetic the library really has: the same spec with these slots held in
-            # binary32, compared under the unchanged budget of this case.
-            modelled = replace(target, expected=_stored_in_binary32(spec, target, storage.slots))
-            rerun = compare(modelled, observed, profile, f"{context} (model: {storage.summary})")
-            if rerun.ok:
-                comparison, deviations = rerun, (*deviations, storage)
+    comparison, profile, registered = compare_with_registry(spec, impl.name, target, observed, dtype, context)
+    deviations = (*plan.deviations, *registered)
     extra = {
         "compared_variant": plan.compared_variant,
         "profile": profile,
@@ -272,6 +256,35 @@ def result_record(result: CheckResult) -> dict[str, Any]:
         "slots": list(result.compared_slots),
         "errors": [{"step": e.step, "slot": e.slot, "maxAbs": num(e.max_abs), "budget": num(e.budget)} for e in result.errors],
     }
+
+
+def compare_with_registry(
+    spec: Spec, implementation: str, target: GoldenTest, observed: Trajectory, dtype: str, context: str
+) -> tuple[Comparison, str, tuple[Deviation, ...]]:
+    """Compare under ``dtype``; when that fails, under the arithmetic a registry entry says ``implementation`` has.
+
+    A ``[[precision]]`` entry selects its error-model profile; a ``[[storage]]`` entry re-runs
+    the float64 reference with its slots held in binary32 (the arithmetic the library really
+    has) under the unchanged budget. Returns the comparison, the profile it was made under and
+    the registry entries it needed (none when the plain comparison holds).
+    """
+    profile = dtype
+    comparison = compare(target, observed, profile, context)
+    deviations: tuple[Deviation, ...] = ()
+    if not comparison.ok:
+        precision = find_precision_deviation(implementation, dtype)
+        if precision is not None:
+            relaxed = compare(target, observed, str(precision.profile), context)
+            if relaxed.ok:
+                profile, comparison, deviations = str(precision.profile), relaxed, (*deviations, precision)
+    if not comparison.ok:
+        storage = find_storage_deviation(spec.name, implementation, dtype)
+        if storage is not None:
+            modelled = replace(target, expected=_stored_in_binary32(spec, target, storage.slots))
+            rerun = compare(modelled, observed, profile, f"{context} (model: {storage.summary})")
+            if rerun.ok:
+                comparison, deviations = rerun, (*deviations, storage)
+    return comparison, profile, deviations
 
 
 def _stored_in_binary32(spec: Spec, test: GoldenTest, slots: Sequence[str]) -> Trajectory:

@@ -379,8 +379,12 @@ def run_ensemble(
             env[name] = value
             state[name] = value
         base_lr = carrier(hyper["lr"])
+        ndim = np.array([[len(shape) for shape in layout.shapes]], dtype=carrier)
+        # The norm of all the step's gradients: one reduction over every element, in the tensor format.
+        all_elements = 1.0 + math.log2(max(flat.size, 1))
         for t in range(1, inputs.steps + 1):
             multiplier = carrier(inputs.lr_multipliers[t - 1])
+            global_norm = perturb(np.sqrt(np.sum(np.square(grads[t - 1]))), "tensor", 0, False, all_elements)
             env = {
                 **hyper_values,
                 **state,
@@ -389,6 +393,8 @@ def run_ensemble(
                 "t": carrier(t),
                 "lr": base_lr * multiplier,
                 "lr_multiplier": multiplier,
+                "global_grad_norm": global_norm,
+                "ndim": ndim,
             }
             for target, fn in steps:
                 env[target] = fn(env)

@@ -4,20 +4,38 @@ For each case of the rule (``defaults``, ``zero_grad`` and the spec's own cases,
 ``--hyper`` overrides) and each dtype (float64, then float32), the target runs on the
 case's inputs in the worker (with a time limit) and its parameters and exposed state are
 compared at the recorded steps with the float64 reference of the claimed variant under
-the error model's budget. A JAX target whose float32 run misses the float32 budget is
-judged under the model's ``float32_scalar32`` profile (JAX without x64 computes step
-scalars in float32; registry entry ``optax-float32-scalar-arithmetic``) and reported as a
-known deviation when it passes there.
+the error model's budget.
+
+Known deviations (``impls/deviations.toml``) apply as in ``optspec run``, matched on the
+target's ``module:attribute``: a knob value the library deliberately replaces is compared
+with the variant it implements, and a ``[[precision]]`` or ``[[storage]]`` entry selects
+the arithmetic the library has (:func:`optspec.conformance.compare_with_registry`).
+
+Two precision findings need no registry entry:
+
+* a float32 case that misses the float32 budget but is within the ``float32_scalar32``
+  budget (the spec evaluated with step-dependent scalars in binary32) is the known
+  precision deviation "step scalars in float32", whatever the target's kind;
+* float64 cases that fail but are within the float32 budget are the finding "computes in
+  float32": still failures, with that explanation as the diagnosis.
+
+Flags. Every other value of a knob that the target selects with keyword arguments its
+signature names (``amsgrad``, ``nesterov``, ``centered``, ``maximize``, ...) is run
+against the matching variant, on the one case that separates the two variants most
+(the largest float64-reference difference relative to the claimed variant's float32
+budget), in float64 and float32, as rows ``CASE[knob=value]``.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,86 +46,26 @@ from optspec import __version__
 from optspec.cases import make_inputs, recorded_steps
 from optspec.checking.diagnose import Diagnosis, Observation, diagnose
 from optspec.checking.expected import Expectations
-from optspec.checking.targets import Group, Naming, Scenario, TargetInfo, state_slots
+from optspec.checking.results import (
+    COMPUTES_IN_FLOAT32,
+    FLOAT32_PROFILES,
+    STEP_SCALARS_FLOAT32,
+    BehaviourResult,
+    CaseResult,
+    CheckReport,
+)
+from optspec.checking.targets import Group, Naming, Scenario, TargetInfo, keyword_base, state_slots
 from optspec.checking.worker import Executor, InProcess, Isolated, TargetFailure
-from optspec.conformance import StepError, compare
+from optspec.conformance import compare, compare_with_registry
 from optspec.errors import UsageError
-from optspec.golden import write_atomic
-from optspec.impls.base import find_precision_deviation
-from optspec.reference import CaseInputs, Trajectory
+from optspec.golden import GoldenTest, write_atomic
+from optspec.impls.base import Deviation, find_variant_deviation
+from optspec.reference import FLOAT64, CaseInputs, Trajectory
 from optspec.spec import Spec, SpecLibrary, variant_label
 
 FORMAT = "optspec-check/1"
 DTYPES = ("float64", "float32")
 TARGETS_MODULE = "optspec.checking.targets"
-
-
-@dataclass
-class CaseResult:
-    case: str
-    dtype: str
-    status: str  # conforms | deviation | fails | skipped
-    message: str = ""
-    failure: str = ""  # numeric | raised | timeout | crashed | ""
-    profile: str = ""
-    errors: tuple[StepError, ...] = ()
-    slots: tuple[str, ...] = ()
-
-    @property
-    def worst_ratio(self) -> float | None:
-        ratios = [e.ratio for e in self.errors]
-        return max(ratios) if ratios else None
-
-    def to_json(self) -> dict[str, Any]:
-        worst = self.worst_ratio
-        return {
-            "case": self.case,
-            "dtype": self.dtype,
-            "status": self.status,
-            "failure": self.failure or None,
-            "message": self.message,
-            "profile": self.profile or None,
-            "slots": list(self.slots),
-            "worstRatio": worst if worst is None or np.isfinite(worst) else "inf",
-            "errors": [
-                {"step": e.step, "slot": e.slot, "maxAbs": _num(e.max_abs), "budget": _num(e.budget)} for e in self.errors
-            ],
-        }
-
-
-@dataclass
-class BehaviourResult:
-    name: str
-    status: str  # passed | failed | not applicable | skipped
-    message: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "message": self.message}
-
-
-@dataclass
-class CheckReport:
-    rule: str
-    target: str
-    info: TargetInfo
-    variant: Mapping[str, str]
-    overrides: Mapping[str, float]
-    maps: Mapping[str, str]
-    cases: list[CaseResult] = field(default_factory=list)
-    behaviour: list[BehaviourResult] = field(default_factory=list)
-    diagnosis: Diagnosis | None = None
-    notes: list[str] = field(default_factory=list)
-    specs: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: the distinct texts the target printed (truncated), shown once at the end of the report
-    target_output: list[str] = field(default_factory=list)
-
-    @property
-    def conforms(self) -> bool:
-        return not any(c.status == "fails" for c in self.cases) and not any(b.status == "failed" for b in self.behaviour)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.conforms else 1
 
 
 class Session:
@@ -124,20 +82,37 @@ class Session:
         overrides: Mapping[str, float],
         maps: Mapping[str, str],
         timeout: float,
+        fixed: Mapping[str, Any] | None = None,
+        inner: str | Any | None = None,
+        inner_info: TargetInfo | None = None,
     ) -> None:
         self.spec = spec
         self.library = library
         self.target = target
         self.executor = executor
         self.info = info
-        self.variant = dict(variant)
+        self.claimed = dict(variant)
         self.overrides = dict(overrides)
-        self.naming = Naming(spec, info, maps)
+        self.fixed = dict(fixed or {})
+        self.inner = inner
+        self.inner_info = inner_info
+        self.naming = Naming(spec, info, maps, self.fixed, inner_info)
         self.timeout = timeout
         self.expectations = Expectations()
-        self.slots = state_slots(info.kind, spec)
         self.cwd = os.getcwd()
         self.notes: list[str] = []
+        # Knob values the library deliberately replaces (impls/deviations.toml, as optspec run).
+        self.deviations: list[Deviation] = []
+        self.variant = dict(variant)
+        binding = self.naming.binding
+        for knob, value in variant.items():
+            if binding is None or self.naming.knob_support(knob, value) is not None:
+                continue
+            deviation = find_variant_deviation(spec.name, info.ref, knob, value)
+            if deviation is not None and deviation.implements in binding.variants.get(knob, {}):
+                self.variant[knob] = str(deviation.implements)
+                self.deviations.append(deviation)
+        self.slots = state_slots(info.kind, spec, self.naming.inner_rule(self.variant) if inner is not None else None)
 
     def hyper_for(self, case_hyper: Mapping[str, float]) -> dict[str, float]:
         return self.spec.hyper_values({**case_hyper, **self.overrides})
@@ -164,7 +139,7 @@ class Session:
                     self.notes.append(note)
             if config.problems:
                 return "; ".join(config.problems)
-            built.append(Group(tuple(indices), dict(config.kwargs), config.lr_keyword, config.base_lr))
+            built.append(Group(tuple(indices), dict(config.kwargs), config.lr_keyword, config.base_lr, dict(config.inner_kwargs)))
         return Scenario(
             kind=self.info.kind,
             groups=tuple(built),
@@ -176,6 +151,7 @@ class Session:
             slots=self.slots,
             present=present,
             checkpoint_after=checkpoint_after,
+            inner=self.inner,
         )
 
     def run(self, scenario: Scenario) -> Trajectory:
@@ -209,16 +185,73 @@ def parse_hypers(items: Sequence[str], spec: Spec) -> dict[str, float]:
     return values
 
 
+_KEYWORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\])?")
+
+
 def parse_maps(items: Sequence[str], spec: Spec) -> dict[str, str]:
+    """``--map SPEC=THEIRS``: SPEC a hyperparameter or a variant keyword, THEIRS ``NAME`` or ``NAME[INDEX]``."""
     maps = parse_assignments(items, "--map")
     knob_keywords = {"maximize", "amsgrad", "nesterov", "centered", "eps", "eps_root", "momentum", "decoupled", "eps_in_sqrt"}
-    for name in maps:
+    for name, theirs in maps.items():
         if name not in spec.hyper and name not in knob_keywords:
             raise UsageError(
                 f"--map {name}=...: {name!r} is neither a hyperparameter of rule {spec.name!r} ({', '.join(spec.hyper)}) "
                 f"nor a variant keyword ({', '.join(sorted(knob_keywords))})"
             )
+        if not _KEYWORD.fullmatch(theirs):
+            raise UsageError(
+                f"--map {name}={theirs}: {theirs!r} is not a keyword name (NAME, or NAME[INDEX] for a tuple argument)"
+            )
     return maps
+
+
+def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``--kwarg NAME=VALUE``: VALUE a Python literal (``None``, ``True``, ``0.5``, ``'text'``, ``(1, 2)``)."""
+    out: dict[str, Any] = {}
+    for name, text in parse_assignments(items, "--kwarg").items():
+        if not name.isidentifier():
+            raise UsageError(f"--kwarg {name}={text}: {name!r} is not a keyword name")
+        try:
+            out[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise UsageError(
+                f"--kwarg {name}={shown}: not a Python literal (e.g. None, True, 0.5, 'text', (1, 2)); quote strings"
+            ) from None
+    return out
+
+
+def _check_keywords(session: Session, maps: Mapping[str, str], kwargs: Mapping[str, Any]) -> None:
+    """Every --map target keyword and --kwarg name is in the signature of the optimizer that takes it."""
+    naming = session.naming
+    for name, theirs in maps.items():
+        owner = naming.owner(name, session.variant) if name in session.spec.hyper else session.info
+        if not owner.accepts(theirs):
+            raise UsageError(
+                f"--map {name}={theirs}: {owner.ref} takes no keyword {keyword_base(theirs)!r}; "
+                f"its signature is {owner.signature}"
+            )
+    set_by_optspec = {keyword_base(naming.keyword(h, session.variant)): h for h in session.spec.hyper}
+    knob_keywords: dict[str, str] = {}
+    for knob_name, knob in session.spec.knobs.items():
+        for value in knob.values:
+            support = naming.knob_support(knob_name, value)
+            for keyword in support.kwargs if support is not None else ():
+                knob_keywords.setdefault(keyword_base(naming.maps.get(keyword, keyword)), knob_name)
+    for name in kwargs:
+        if not session.info.accepts(name):
+            raise UsageError(
+                f"--kwarg {name}=...: {session.info.ref} takes no keyword {name!r}; its signature is {session.info.signature}"
+            )
+        if name in set_by_optspec and session.info.accepts(name):
+            hyper = set_by_optspec[name]
+            raise UsageError(f"--kwarg {name}=...: {name!r} is set from spec hyperparameter {hyper}; use --hyper {hyper}=VALUE")
+        if name in knob_keywords:
+            knob_name = knob_keywords[name]
+            raise UsageError(
+                f"--kwarg {name}=...: {name!r} selects the variant knob {knob_name}; use --variant {knob_name}=VALUE "
+                f"(values: {', '.join(session.spec.knobs[knob_name].values)})"
+            )
 
 
 def open_session(
@@ -230,6 +263,8 @@ def open_session(
     maps: Sequence[str] = (),
     timeout: float = 60.0,
     isolate: bool | None = None,
+    kwargs: Sequence[str] = (),
+    inner: str | Any | None = None,
 ) -> Session:
     """Resolve the rule, variant, overrides and target; bad input raises UsageError/SpecError."""
     library = library or SpecLibrary()
@@ -237,20 +272,43 @@ def open_session(
     claimed = spec.full_variant(parse_assignments(variant, "--variant"))
     overrides = parse_hypers(hypers, spec)
     renames = parse_maps(maps, spec)
+    fixed = parse_kwargs(kwargs)
+    if inner is not None and "inner" not in spec.knobs:
+        raise UsageError(
+            f"--inner: rule {spec.name!r} is not a composite rule (it has no [inner] rule); only wrappers take --inner"
+        )
     if isolate is None:
         isolate = isinstance(target, str)
     executor: Executor = Isolated() if isolate else InProcess()
-    try:
-        # --timeout bounds importing the target too (a module that hangs on import)
-        info = executor.call(f"{TARGETS_MODULE}:describe", target, os.getcwd(), timeout=timeout)
-    except TargetFailure as exc:
+    infos: list[TargetInfo] = []
+    for what in (target, inner) if inner is not None else (target,):
+        try:
+            # --timeout bounds importing the target too (a module that hangs on import)
+            infos.append(executor.call(f"{TARGETS_MODULE}:describe", what, os.getcwd(), timeout=timeout))
+        except TargetFailure as exc:
+            executor.close()
+            if exc.kind == "usage":
+                raise UsageError(exc.message if what is target else f"--inner: {exc.message}") from None
+            raise UsageError(f"cannot load target {what!r}: {exc.message}") from None
+    info = infos[0]
+    inner_info = infos[1] if inner is not None else None
+    if inner_info is not None and (info.kind != "torch" or inner_info.kind != "torch"):
         executor.close()
-        if exc.kind == "usage":
-            raise UsageError(exc.message) from None
-        raise UsageError(f"cannot load target {target!r}: {exc.message}") from None
+        raise UsageError("--inner: only torch wrappers are supported (Wrapper(Inner(params, ...), ...))")
+    if inner_info is not None and "inner" not in parse_assignments(variant, "--variant"):
+        # Lookahead(Adam(...)) is lookahead with inner=adam: the inner class names the inner rule.
+        named = inner_info.qualname.split(".")[-1].lower()
+        if named in spec.knobs["inner"].values:
+            claimed = {**claimed, "inner": named}
     if isinstance(executor, Isolated):
         executor.warmup = (f"{TARGETS_MODULE}:describe", (target, os.getcwd()))
-    return Session(spec, library, target, executor, info, claimed, overrides, renames, timeout)
+    session = Session(spec, library, target, executor, info, claimed, overrides, renames, timeout, fixed, inner, inner_info)
+    try:
+        _check_keywords(session, renames, fixed)
+    except UsageError:
+        executor.close()
+        raise
+    return session
 
 
 def check(
@@ -265,75 +323,153 @@ def check(
     behaviour: bool = True,
     dtypes: Sequence[str] = DTYPES,
     steps: int | None = None,
+    kwargs: Sequence[str] = (),
+    inner: str | Any | None = None,
+    flags: bool = True,
 ) -> CheckReport:
     """Check ``target`` against ``rule``; see the module docstring.
 
     ``steps`` shortens every case to that many steps (inputs regenerated for the shorter
     case, so the falling-norm phase still happens); None keeps the spec's step counts.
+    A target that could not be run in any case raises UsageError ("could not run TARGET").
     """
-    session = open_session(rule, target, library, variant, hypers, maps, timeout, isolate)
+    session = open_session(rule, target, library, variant, hypers, maps, timeout, isolate, kwargs, inner)
     try:
-        report = run_session(session, behaviour, dtypes, steps)
+        report = run_session(session, behaviour, dtypes, steps, flags)
         report.target_output = session.executor.captured()
         return report
     finally:
         session.executor.close()
 
 
+@dataclass
+class _Ran:
+    """What one row needs for the findings after all cases ran."""
+
+    result: CaseResult
+    expected: GoldenTest
+    observed: Trajectory | None
+    observation: Observation | None
+
+
 def run_session(
-    session: Session, behaviour: bool = True, dtypes: Sequence[str] = DTYPES, steps: int | None = None
+    session: Session, behaviour: bool = True, dtypes: Sequence[str] = DTYPES, steps: int | None = None, flags: bool = True
 ) -> CheckReport:
     spec = session.spec
     report = CheckReport(
         rule=spec.name,
         target=session.info.ref,
         info=session.info,
-        variant=session.variant,
+        variant=session.claimed,
         overrides=session.overrides,
         maps=session.naming.maps,
+        compared=session.variant,
+        deviations=list(session.deviations),
+        kwargs=session.fixed,
+        inner=session.inner_info,
     )
     report.specs = {s.name: {"path": s.path, "sha256": s.sha256} for s in session.library.all()}
-    observations: dict[str, list[Observation]] = {dtype: [] for dtype in dtypes}
-    divergence: dict[str, str] = {}
+    ran: list[_Ran] = []
+    prepared: list[tuple[str, dict[str, float], CaseInputs, list[int], GoldenTest]] = []
     for case in spec.cases:
         merged = replace(case, hyper={**case.hyper, **session.overrides}, steps=steps or case.steps)
         hyper = session.hyper_for(case.hyper)
         inputs = make_inputs(spec, merged)
         record = recorded_steps(merged.steps)
         expected = session.expectations.test(spec, session.variant, hyper, inputs, record, case.id)
+        prepared.append((case.id, hyper, inputs, record, expected))
         for dtype in dtypes:
-            result, observed = run_case(session, case.id, hyper, inputs, record, dtype, expected)
-            report.cases.append(result)
-            if observed is not None:
-                profile = result.profile or dtype
-                observations[dtype].append(Observation(case.id, hyper, inputs, observed, profile))
-                if result.status == "fails" and dtype not in divergence:
-                    divergence[dtype] = result.message
-    numeric = [c for c in report.cases if c.failure == "numeric"]
-    if numeric:
-        dtype = "float64" if any(c.dtype == "float64" for c in numeric) else numeric[0].dtype
-        if dtype == "float32" and any(c.dtype == "float64" and c.status in ("conforms", "deviation") for c in report.cases):
-            report.diagnosis = Diagnosis(
-                explanation="conforms in float64 but exceeds the float32 budget: a precision problem, not a different variant",
-                first_divergence=divergence.get("float32", ""),
-            )
-        else:
-            failing = [c.case for c in report.cases if c.dtype == dtype and c.failure == "numeric"]
-            report.diagnosis = diagnose(
-                spec,
-                session.variant,
-                observations[dtype],
-                session.library,
-                session.expectations,
-                divergence.get(dtype, ""),
-                failing,
-            )
+            ran.append(run_case(session, case.id, hyper, inputs, record, dtype, expected))
+    main = list(ran)
+    if flags:
+        ran.extend(run_flags(session, prepared, dtypes))
+    report.cases = [r.result for r in ran]
+    _refuse_if_nothing_ran(session, ran)
+    report.diagnosis = _diagnose(session, main, ran)
     if behaviour:
         from optspec.checking.behaviour import run_behaviour
 
         report.behaviour = run_behaviour(session, report)
     report.notes = list(session.notes)
     return report
+
+
+def _refuse_if_nothing_ran(session: Session, ran: Sequence[_Ran]) -> None:
+    """A target that produced no trajectory in any case is bad input (exit 2), not a verdict."""
+    if any(r.observed is not None for r in ran):
+        return
+    failed = [r.result for r in ran if r.result.status == "fails"]
+    if failed:
+        first = failed[0]
+        why = f"{first.message} (case {first.case}, {first.dtype}"
+        why += f"; every one of the {len(failed)} runs failed)" if len(failed) > 1 else ")"
+    else:
+        reasons = sorted({r.result.message for r in ran if r.result.message})
+        why = "every case was skipped: " + "; ".join(reasons) if reasons else "the rule has no cases"
+    if len(why) > 400:
+        why = why[:397] + "..."
+    if "inner" in session.spec.knobs and session.inner is None:
+        why += f"; rule {session.spec.name} is a composite: a wrapper needs its inner optimizer, --inner MODULE:ATTR"
+    raise UsageError(f"could not run {session.info.ref}: {why}")
+
+
+def _diagnose(session: Session, main: Sequence[_Ran], ran: Sequence[_Ran]) -> Diagnosis | None:
+    """The explanation of the numeric failures: a precision finding, a variant, or 'unexplained'."""
+    spec = session.spec
+    numeric = [r for r in main if r.result.failure == "numeric"]
+    float64_all = [r for r in ran if r.result.failure == "numeric" and r.result.dtype == "float64"]
+    if float64_all and all(r.observed is not None and _within_float32(r.expected, r.observed) for r in float64_all):
+        for r in float64_all:
+            r.result.finding = COMPUTES_IN_FLOAT32
+        cases = ", ".join(sorted({r.result.case for r in float64_all}))
+        return Diagnosis(
+            explanation=(
+                f"{COMPUTES_IN_FLOAT32}: the failing float64 cases ({cases}) are within the float32 budget of the "
+                "reference, so the target computes float64 parameters (or a state slot, or its step arithmetic) in float32"
+            ),
+            first_divergence=float64_all[0].result.message,
+        )
+    if not numeric:
+        failing_flags = [r for r in ran if r.result.flag and r.result.failure == "numeric"]
+        if not failing_flags:
+            return None
+        first = failing_flags[0].result
+        variant = dict(first.variant)
+        observations = [r.observation for r in ran if r.result.flag == first.flag and r.observation is not None]
+        observations = [o for o in observations if o.profile == "float64"] or observations
+        found = diagnose(
+            spec,
+            variant,
+            observations,
+            session.library,
+            session.expectations,
+            first.message,
+            [r.result.case for r in failing_flags if r.result.flag == first.flag],
+        )
+        found.explanation = (
+            f"the flag {first.flag} does not implement {variant_label(_changed(session.variant, variant))}: {found.explanation}"
+        )
+        return found
+    float64 = [r for r in numeric if r.result.dtype == "float64"]
+    dtype = "float64" if float64 else numeric[0].result.dtype
+    if dtype == "float32" and any(r.result.dtype == "float64" and r.result.status in ("conforms", "deviation") for r in main):
+        return Diagnosis(
+            explanation="conforms in float64 but exceeds the float32 budget: a precision problem, not a different variant",
+            first_divergence=next(r.result.message for r in numeric if r.result.dtype == "float32"),
+        )
+    observations = [r.observation for r in main if r.observation is not None and r.result.dtype == dtype]
+    failing = [r.result.case for r in numeric if r.result.dtype == dtype]
+    divergence = next(r.result.message for r in numeric if r.result.dtype == dtype)
+    return diagnose(spec, session.variant, observations, session.library, session.expectations, divergence, failing)
+
+
+def _within_float32(expected: GoldenTest, observed: Trajectory) -> bool:
+    """Whether a float64 run is within the budget of some float32 arithmetic (it computes in float32)."""
+    return any(compare(expected, observed, profile, "").ok for profile in FLOAT32_PROFILES)
+
+
+def _changed(base: Mapping[str, str], variant: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in variant.items() if base.get(k) != v}
 
 
 def run_case(
@@ -343,40 +479,121 @@ def run_case(
     inputs: CaseInputs,
     record: Sequence[int],
     dtype: str,
-    expected: Any,
-) -> tuple[CaseResult, Trajectory | None]:
-    scenario = session.scenario(hyper, inputs, dtype, record)
+    expected: GoldenTest,
+    variant: Mapping[str, str] | None = None,
+    flag: str = "",
+    row: str | None = None,
+) -> _Ran:
+    """Run one case in one dtype and judge it (registry, then the precision findings)."""
+    variant = dict(variant or session.variant)
+    row = row or case
+    scenario = session.scenario(hyper, inputs, dtype, record, variant=variant)
     if isinstance(scenario, str):
-        return CaseResult(case, dtype, "skipped", f"not expressible: {scenario}"), None
+        return _Ran(
+            CaseResult(row, dtype, "skipped", f"not expressible: {scenario}", flag=flag, variant=variant), expected, None, None
+        )
     try:
         observed = session.run(scenario)
     except TargetFailure as exc:
-        return CaseResult(case, dtype, "fails", exc.message, failure=exc.kind), None
-    context = f"{session.spec.name} x {session.info.ref}, case {case}, {dtype}"
-    comparison = compare(expected, observed, dtype, context)
-    profile, status, message = dtype, "conforms", ""
-    if not comparison.ok and session.info.kind == "optax" and dtype == "float32":
+        message = f"with {flag}: {exc.message}" if flag else exc.message
+        return _Ran(CaseResult(row, dtype, "fails", message, failure=exc.kind, flag=flag, variant=variant), expected, None, None)
+    context = f"{session.spec.name} x {session.info.ref}, case {row}, {dtype}" + (f", with {flag}" if flag else "")
+    comparison, profile, registered = compare_with_registry(session.spec, session.info.ref, expected, observed, dtype, context)
+    deviations = [*session.deviations, *registered]
+    message = ""
+    if not comparison.ok and dtype == "float32":
         relaxed = compare(expected, observed, "float32_scalar32", context)
         if relaxed.ok:
-            deviation = find_precision_deviation("optax", "float32")
-            cite = f" [{deviation.id}]" if deviation is not None else ""
-            comparison, profile, status = relaxed, "float32_scalar32", "deviation"
-            message = f"within the float32_scalar32 budget: JAX without x64 computes step scalars in float32{cite}"
+            comparison, profile = relaxed, "float32_scalar32"
+            why = (
+                "JAX without x64 computes step scalars in float32"
+                if session.info.kind == "optax"
+                else "step scalars computed in float32"
+            )
+            message = f"known precision deviation: {STEP_SCALARS_FLOAT32} (within the float32_scalar32 budget; {why})"
+    status = "fails" if not comparison.ok else ("deviation" if deviations or message else "conforms")
+    if comparison.ok and deviations:
+        summary = "; ".join(f"{d.summary} [{d.id}]" for d in deviations)
+        message = f"known deviation: {summary}" + (f"; {message}" if message else "")
     if not comparison.ok:
-        return (
-            CaseResult(
-                case, dtype, "fails", comparison.message, "numeric", profile, comparison.errors, comparison.compared_slots
-            ),
-            observed,
-        )
-    return CaseResult(case, dtype, status, message, "", profile, comparison.errors, comparison.compared_slots), observed
+        message = comparison.message
+    result = CaseResult(
+        row,
+        dtype,
+        status,
+        message,
+        "numeric" if not comparison.ok else "",
+        profile,
+        comparison.errors,
+        comparison.compared_slots,
+        flag=flag,
+        variant=variant,
+        deviations=tuple(d.id for d in deviations),
+    )
+    return _Ran(result, expected, observed, Observation(row, hyper, inputs, observed, profile))
+
+
+def flag_values(session: Session) -> list[tuple[str, str, dict[str, Any]]]:
+    """(knob, value, keyword settings) for every other knob value the target selects with its own keywords."""
+    out = []
+    for knob_name, knob in session.spec.knobs.items():
+        for value in knob.values:
+            if value == session.variant.get(knob_name):
+                continue
+            keywords = session.naming.knob_keywords(knob_name, value)
+            if keywords is not None:
+                out.append((knob_name, value, keywords))
+    return out
+
+
+def _settings(keywords: Mapping[str, Any]) -> str:
+    return ",".join(
+        f"{k}={v!r}" if not (isinstance(v, str) and v.startswith("$")) else f"{k}={v[1:]}" for k, v in keywords.items()
+    )
+
+
+def run_flags(
+    session: Session,
+    prepared: Sequence[tuple[str, dict[str, float], CaseInputs, list[int], GoldenTest]],
+    dtypes: Sequence[str],
+) -> list[_Ran]:
+    """Rows ``CASE[knob=value]``: each flag value run against its variant on the case that separates it most.
+
+    The separating case is the one where the flag variant's float64 reference differs most
+    from the claimed variant's, relative to the claimed variant's float32 budget (cases whose
+    hyperparameters the flag cannot be used with are left out). A flag no case separates is noted.
+    """
+    out: list[_Ran] = []
+    spec = session.spec
+    for knob, value, keywords in flag_values(session):
+        variant = {**session.variant, knob: value}
+        support = session.naming.knob_support(knob, value)
+        assert support is not None
+        best: tuple[float, int] | None = None
+        for position, (case_id, hyper, inputs, _record, expected) in enumerate(prepared):
+            if not all(r.holds(hyper) for r in support.requires):
+                continue
+            reference = session.expectations.reference(spec, variant, hyper, inputs, FLOAT64, f"flag:{case_id}")
+            separation = compare(expected, reference, "float32", "flag separation", ["theta"]).worst_ratio
+            if separation > 1 and (best is None or separation > best[0]):
+                best = (separation, position)
+        flag = _settings(keywords)
+        if best is None:
+            session.notes.append(
+                f"flag {flag} ({knob}={value}) not checked: no case of {spec.name} separates it "
+                f"from {knob}={session.variant[knob]}"
+            )
+            continue
+        case_id, hyper, inputs, record, _ = prepared[best[1]]
+        expected = session.expectations.test(spec, variant, hyper, inputs, record, f"{case_id}[{knob}={value}]")
+        for dtype in dtypes:
+            out.append(
+                run_case(session, case_id, hyper, inputs, record, dtype, expected, variant, flag, f"{case_id}[{knob}={value}]")
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- output
-
-
-def _num(x: float) -> float | str:
-    return x if np.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
 
 
 def environment() -> dict[str, Any]:
@@ -389,27 +606,42 @@ def environment() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
 
 
+def _target_json(info: TargetInfo) -> dict[str, Any]:
+    return {
+        "ref": info.ref,
+        "kind": info.kind,
+        "qualname": info.qualname,
+        "package": info.package,
+        "distribution": info.distribution,
+        "packageVersion": info.package_version,
+        "signature": info.signature,
+        "acceptedKeywords": list(info.accepted) if info.accepted is not None else None,
+        "defaults": dict(info.defaults),
+    }
+
+
+def _literal(value: Any) -> Any:
+    """A --kwarg value as JSON (repr when JSON has no such value)."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
 def to_json(report: CheckReport) -> dict[str, Any]:
-    info = report.info
+    """The result as JSON data, described by ``conformance/check-result.schema.json``."""
     return {
         "format": FORMAT,
         "optspec": __version__,
         "rule": report.rule,
         "specs": report.specs,
-        "target": {
-            "ref": info.ref,
-            "kind": info.kind,
-            "qualname": info.qualname,
-            "package": info.package,
-            "packageVersion": info.package_version,
-            "acceptedKeywords": list(info.accepted) if info.accepted is not None else None,
-            "defaults": dict(info.defaults),
-        },
+        "target": _target_json(report.info),
+        "inner": _target_json(report.inner) if report.inner is not None else None,
+        "kwargs": {k: _literal(v) for k, v in report.kwargs.items()},
         "claimedVariant": dict(report.variant),
+        "comparedVariant": dict(report.compared),
+        "knownDeviations": [{"id": d.id, "summary": d.summary, "upstream": list(d.upstream)} for d in report.deviations],
         "hyperOverrides": dict(report.overrides),
         "map": dict(report.maps),
         "environment": environment(),
-        "verdict": "conforms" if report.conforms else "fails",
+        "verdict": report.verdict,
         "exitCode": report.exit_code,
         "cases": [c.to_json() for c in report.cases],
         "diagnosis": report.diagnosis.to_json() if report.diagnosis is not None else None,
@@ -425,13 +657,14 @@ def write_json(report: CheckReport, path: Path) -> None:
 
 def format_report(report: CheckReport) -> str:
     """The human summary: a table of cases and behavioural checks, then every failure."""
-    lines = [
-        f"optspec check {report.rule} {report.target}",
-        f"  target: {report.info.kind} ({report.info.qualname}"
-        + (f", {report.info.package} {report.info.package_version}" if report.info.package_version else "")
-        + ")",
-        f"  claimed variant: {variant_label(report.variant)}",
-    ]
+    lines = [f"optspec check {report.rule} {report.target}", f"  target: {_target_line(report.info)}"]
+    if report.inner is not None:
+        lines.append(f"  inner optimizer: {report.inner.ref}: {_target_line(report.inner)}")
+    lines.append(f"  claimed variant: {variant_label(report.variant)}")
+    for deviation in report.deviations:
+        lines.append(f"  known deviation: {deviation.summary} [{deviation.id}]")
+    if report.kwargs:
+        lines.append("  fixed keyword arguments: " + ", ".join(f"{k}={v!r}" for k, v in report.kwargs.items()))
     if report.overrides:
         lines.append("  hyperparameter overrides: " + ", ".join(f"{k}={v:g}" for k, v in report.overrides.items()))
     lines.append("")
@@ -443,15 +676,17 @@ def format_report(report: CheckReport) -> str:
         if c.failure and c.failure != "numeric":
             shown = c.failure
         status = "deviation" if c.status == "deviation" else c.status
-        lines.append(f"{c.case.ljust(width)}  {c.dtype:<7}  {status:<9}  {shown}")
+        extra = f"  ({c.flag})" if c.flag else ""
+        lines.append(f"{c.case.ljust(width)}  {c.dtype:<7}  {status:<9}  {shown}{extra}")
     if report.behaviour:
         lines.append("")
-        bwidth = max(len(b.name) for b in report.behaviour)
+        bwidth = max(len(b.name) for b in [*report.behaviour, BehaviourResult("behavioural check", "", "")])
         lines.append(f"{'behavioural check'.ljust(bwidth)}  status")
         for b in report.behaviour:
-            lines.append(f"{b.name.ljust(bwidth)}  {b.status}")
+            lines.append(f"{b.name.ljust(bwidth)}  {b.status}" + (f" (follows from: {b.follows})" if b.follows else ""))
     failures = [c for c in report.cases if c.status == "fails"]
-    failed_behaviour = [b for b in report.behaviour if b.status == "failed"]
+    failed_behaviour = [b for b in report.behaviour if b.status == "failed" and not b.follows]
+    grouped = [b for b in report.behaviour if b.status == "failed" and b.follows]
     if failures or failed_behaviour:
         lines.append("")
     for c in failures:
@@ -468,9 +703,12 @@ def format_report(report: CheckReport) -> str:
             lines.append(f"skipped case {item.case} ({item.dtype}): {item.message}")
         else:
             lines.append(f"{item.status} behaviour {item.name}: {item.message}")
+    deviating: dict[str, list[str]] = {}
     for c in report.cases:
         if c.status == "deviation":
-            lines.append(f"note: case {c.case} ({c.dtype}) {c.message}")
+            deviating.setdefault(c.message, []).append(f"{c.case} ({c.dtype})")
+    for message, where in deviating.items():
+        lines.append(f"note: {message}: cases {', '.join(where)}")
     for note in report.notes:
         lines.append(f"note: {note}")
     if report.target_output:
@@ -485,10 +723,28 @@ def format_report(report: CheckReport) -> str:
         lines.append(f"diagnosis: {report.diagnosis.explanation}")
         if report.diagnosis.nearest:
             lines.append(f"  {report.diagnosis.nearest}")
+        for b in grouped:
+            lines.append(f"  it also explains the failed behavioural check {b.name}: {b.message}")
     lines.append("")
-    lines.append(
-        f"verdict: {report.target} conforms to {report.rule} ({variant_label(report.variant)})"
-        if report.conforms
-        else f"verdict: {report.target} does NOT conform to {report.rule} ({variant_label(report.variant)})"
-    )
+    label = variant_label(report.variant)
+    if report.verdict == "deviation":
+        ids = sorted({i for c in report.cases for i in c.deviations})
+        precision = any(STEP_SCALARS_FLOAT32 in c.message for c in report.cases)
+        what = ", ".join(ids) + (", " if ids and precision else "") + (STEP_SCALARS_FLOAT32 if precision else "")
+        lines.append(f"verdict: {report.target} conforms to {report.rule} ({label}) with known deviations: {what}")
+    elif report.conforms:
+        lines.append(f"verdict: {report.target} conforms to {report.rule} ({label})")
+    else:
+        lines.append(f"verdict: {report.target} does NOT conform to {report.rule} ({label})")
     return "\n".join(lines)
+
+
+def _target_line(info: TargetInfo) -> str:
+    """``torch (AdamW), distribution torch 2.13.0`` or ``... not from an installed distribution``."""
+    if info.distribution is not None:
+        origin = f"distribution {info.distribution} {info.package_version or '(version unknown)'}"
+    elif info.package_version:
+        origin = f"{info.package} {info.package_version} (not from an installed distribution)"
+    else:
+        origin = f"module {info.package or '?'}, not from an installed distribution"
+    return f"{info.kind} ({info.qualname}), {origin}"

@@ -23,6 +23,7 @@ with ``--map SPEC=THEIRS``. Everything that runs target code (:func:`describe`,
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import io
@@ -31,6 +32,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -101,9 +103,26 @@ class TargetInfo:
     defaults: Mapping[str, str]
     package: str
     package_version: str | None
+    #: the installed distribution that provides ``package`` (None for a local module)
+    distribution: str | None = None
+    #: ``Qualname(signature)`` for messages, truncated
+    signature: str = ""
 
     def accepts(self, keyword: str) -> bool:
         return self.accepted is None or keyword_base(keyword) in self.accepted
+
+    def accepts_explicitly(self, keyword: str) -> bool:
+        """The signature names ``keyword`` (a ``**kwargs`` catch-all does not count)."""
+        return self.accepted is not None and keyword_base(keyword) in self.accepted
+
+    def advice(self, hyper: str, keyword: str) -> str:
+        """The ``--map`` that would pass ``hyper``: a close keyword of the signature, else the list of them."""
+        if self.accepted is None:
+            return f"use --map {hyper}=KEYWORD"
+        close = difflib.get_close_matches(keyword_base(keyword), self.accepted, n=1, cutoff=0.5)
+        if close:
+            return f"use --map {hyper}={close[0]} if that is its keyword"
+        return f"use --map {hyper}=KEYWORD with one of {', '.join(self.accepted) or '(none)'}"
 
 
 @dataclass(frozen=True)
@@ -119,19 +138,78 @@ class Configuration:
     notes: tuple[str, ...] = ()
     #: spec hyperparameter -> keyword actually passed
     passed: Mapping[str, str] = field(default_factory=dict)
+    #: keyword arguments of the inner optimizer of a wrapper (``--inner``)
+    inner_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Naming:
-    """Turns spec hyperparameters and knob values into the target's keyword arguments."""
+    """Turns spec hyperparameters and knob values into the target's keyword arguments.
 
-    def __init__(self, spec: Spec, info: TargetInfo, maps: Mapping[str, str]) -> None:
+    ``fixed`` (``--kwarg``) is passed in every configuration. Several spec hyperparameters
+    mapped to one keyword (``--map eps_root=eps``) are *tied*: a configuration in which the
+    hyperparameters the variant reads differ cannot be expressed. With ``inner_info`` (a
+    composite spec checked through ``--inner``), ``lr`` and the inner rule's prefixed
+    hyperparameters (``sgd_momentum`` -> ``momentum``) go to the inner optimizer.
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        info: TargetInfo,
+        maps: Mapping[str, str],
+        fixed: Mapping[str, Any] | None = None,
+        inner_info: TargetInfo | None = None,
+    ) -> None:
         self.spec = spec
         self.info = info
         self.maps = dict(maps)
+        self.fixed = dict(fixed or {})
+        self.inner_info = inner_info
         self.binding = BINDINGS[info.kind].get(spec.name)
+        self._reads: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
 
-    def keyword(self, hyper: str) -> str:
-        return self.maps.get(hyper) or NAMING[self.info.kind].get(hyper, hyper)
+    def inner_rule(self, variant: Mapping[str, str]) -> str | None:
+        """The inner rule of a composite spec under ``variant`` (None for a plain rule)."""
+        return variant.get("inner") if "inner" in self.spec.knobs else None
+
+    def owner(self, hyper: str, variant: Mapping[str, str]) -> TargetInfo:
+        """Who takes ``hyper``: the inner optimizer (lr and its prefixed hyperparameters) or the target."""
+        inner = self.inner_rule(variant)
+        if self.inner_info is not None and inner is not None and (hyper == "lr" or hyper.startswith(f"{inner}_")):
+            return self.inner_info
+        return self.info
+
+    def keyword(self, hyper: str, variant: Mapping[str, str] | None = None) -> str:
+        if hyper in self.maps:
+            return self.maps[hyper]
+        inner = self.inner_rule(variant or self.spec.default_variant())
+        if inner is not None and hyper.startswith(f"{inner}_"):
+            hyper = hyper[len(inner) + 1 :]
+        return NAMING[self.info.kind].get(hyper, hyper)
+
+    def accepts(self, hyper: str, variant: Mapping[str, str] | None = None) -> bool:
+        """Whether the optimizer that takes ``hyper`` accepts its keyword."""
+        variant = variant or self.spec.default_variant()
+        return self.owner(hyper, variant).accepts(self.keyword(hyper, variant))
+
+    def ties(self, variant: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+        """keyword -> the spec hyperparameters mapped to it, where there are several."""
+        groups: dict[str, list[str]] = {}
+        for name in self.spec.hyper:
+            groups.setdefault(self.keyword(name, variant), []).append(name)
+        return {k: v for k, v in groups.items() if len(v) > 1}
+
+    def reads(self, variant: Mapping[str, str]) -> frozenset[str]:
+        """The hyperparameters the resolved variant reads (in its step or its state initialisers)."""
+        key = tuple(sorted(variant.items()))
+        if key not in self._reads:
+            try:
+                rule = self.spec.resolve(dict(variant))
+            except Exception:  # an unresolvable variant reads everything (its own error is reported elsewhere)
+                self._reads[key] = frozenset(self.spec.hyper)
+            else:
+                self._reads[key] = frozenset(name for name in self.spec.hyper if name in rule.reads)
+        return self._reads[key]
 
     def knob_support(self, knob: str, value: str) -> Support | None:
         if self.binding is not None:
@@ -141,25 +219,48 @@ class Naming:
         return None
 
     def configure(self, hyper: Mapping[str, float], variant: Mapping[str, str]) -> Configuration:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(self.fixed)
+        inner_kwargs: dict[str, Any] = {}
         problems: list[str] = []
         notes: list[str] = []
         passed: dict[str, str] = {}
         lr_keyword: str | None = None
-        for name, value in hyper.items():
-            keyword = self.keyword(name)
-            if self.info.accepts(keyword):
-                put_keyword(kwargs, keyword, value)
-                passed[name] = keyword
-                if name == "lr":
+        reads = self.reads(variant)
+        by_keyword: dict[str, list[str]] = {}
+        for name in hyper:
+            by_keyword.setdefault(self.keyword(name, variant), []).append(name)
+        for keyword, names in by_keyword.items():
+            read = [n for n in names if n in reads]
+            if len({hyper[n] for n in read}) > 1:
+                values = ", ".join(f"{n} = {hyper[n]:g}" for n in read)
+                problems.append(
+                    f"{' and '.join(read)} are tied to one keyword {keyword!r} (--map); this case needs them to differ ({values})"
+                )
+                continue
+            name = (read or names)[0]
+            value = hyper[name]
+            owner = self.owner(name, variant)
+            who = "the inner optimizer" if owner is self.inner_info else "the target"
+            if owner.accepts(keyword):
+                put_keyword(inner_kwargs if owner is self.inner_info else kwargs, keyword, value)
+                for n in names:
+                    passed[n] = keyword
+                if "lr" in names:
                     lr_keyword = keyword
+            elif not read:
+                continue  # the variant does not read it: nothing to pass
             elif value == self.spec.hyper[name].default:
                 notes.append(
-                    f"the target takes no {keyword!r} argument (spec hyperparameter {name}); "
+                    f"{who} takes no {keyword!r} argument (spec hyperparameter {name}); "
                     f"cases with {name} = {value:g} (the spec default) run without it"
                 )
             else:
-                problems.append(f"the target takes no {keyword!r} argument, needed for {name} = {value:g} (use --map {name}=...)")
+                inner = self.inner_rule(variant)
+                if self.inner_info is None and inner is not None and (name == "lr" or name.startswith(f"{inner}_")):
+                    advice = "it is a hyperparameter of the inner optimizer: use --inner MODULE:ATTR"
+                else:
+                    advice = owner.advice(name, keyword)
+                problems.append(f"{who} takes no {keyword!r} argument, needed for {name} = {value:g} ({advice})")
         for knob, value in variant.items():
             support = self.knob_support(knob, value)
             if support is None:
@@ -177,7 +278,21 @@ class Naming:
                     problems.append(f"the target takes no {keyword!r} argument, needed for {setting[1:]} = {actual:g}")
                 else:
                     notes.append(f"the target takes no {keyword!r} argument; it is assumed to implement {knob}={value} itself")
-        return Configuration(kwargs, lr_keyword, float(hyper["lr"]), tuple(problems), tuple(notes), passed)
+        return Configuration(kwargs, lr_keyword, float(hyper["lr"]), tuple(problems), tuple(notes), passed, inner_kwargs)
+
+    def knob_keywords(self, knob: str, value: str) -> dict[str, Any] | None:
+        """The target keywords (after --map) and settings that select ``knob=value``, when it is a flag of the target.
+
+        A flag is a knob value the binding selects with keyword arguments that the target's
+        signature names explicitly; None otherwise.
+        """
+        support = self.knob_support(knob, value)
+        if support is None or not support.kwargs:
+            return None
+        keywords = {self.maps.get(k, k): v for k, v in support.kwargs.items()}
+        if not all(self.info.accepts_explicitly(k) for k in keywords):
+            return None
+        return keywords
 
 
 # --------------------------------------------------------------------------- import
@@ -247,9 +362,33 @@ def describe(ref: str | Any, cwd: str | None = None) -> TargetInfo:
                 p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             )
         defaults = {p.name: repr(p.default) for p in parameters if p.default is not inspect.Parameter.empty}
+    qualname = getattr(obj, "__qualname__", repr(obj))
+    try:
+        shown_signature = f"{qualname}{inspect.signature(signature_of)}"
+    except (TypeError, ValueError):
+        shown_signature = f"{qualname}(...)"
+    if len(shown_signature) > 300:
+        shown_signature = shown_signature[:297] + "..."
     package = (getattr(obj, "__module__", None) or "").split(".")[0]
-    version = getattr(sys.modules.get(package), "__version__", None)
-    return TargetInfo(shown, kind, getattr(obj, "__qualname__", repr(obj)), accepted, defaults, package, version)
+    distribution = _distribution(package)
+    version: str | None = None
+    if distribution is not None:
+        try:
+            version = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            version = None
+    if version is None:
+        version = getattr(sys.modules.get(package), "__version__", None)
+    return TargetInfo(shown, kind, qualname, accepted, defaults, package, version, distribution, shown_signature)
+
+
+def _distribution(package: str) -> str | None:
+    """The installed distribution providing the top-level ``package`` (``torch`` -> ``torch``), if any."""
+    try:
+        found = metadata.packages_distributions().get(package)
+    except Exception:  # broken metadata of some unrelated distribution
+        return None
+    return sorted(found)[0] if found else None
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -263,6 +402,8 @@ class Group:
     kwargs: Mapping[str, Any]
     lr_keyword: str | None
     base_lr: float
+    #: keyword arguments of the inner optimizer (a wrapper checked with ``--inner``)
+    inner_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -273,7 +414,10 @@ class Scenario:
     has no gradient at step t (``param.grad = None``; torch only). With
     ``checkpoint_after = k`` the run saves ``state_dict()`` after step k (through
     ``torch.save``), builds a new optimizer on copies of the parameters, loads the state
-    and continues (torch only).
+    and continues (torch only). With ``inner`` (torch wrappers, ``--inner``) the optimizer is
+    ``Target(Inner(params_or_groups, **inner_kwargs), **kwargs)``. With ``check_grads`` a
+    step that changes ``param.grad`` raises :class:`TargetError`; with ``all_state`` every
+    floating-point state tensor of a parameter's shape is recorded as ``state:KEY``.
     """
 
     kind: str
@@ -287,6 +431,9 @@ class Scenario:
     slots: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     present: tuple[np.ndarray, ...] | None = None
     checkpoint_after: int | None = None
+    inner: str | Any | None = None
+    check_grads: bool = False
+    all_state: bool = False
 
     @property
     def steps(self) -> int:
@@ -297,7 +444,8 @@ def run_scenario(ref: str | Any, cwd: str | None, scenario: Scenario) -> Traject
     """Run the target on the scenario; problems of the target raise :class:`TargetError`."""
     obj = load(ref, cwd)
     if scenario.kind == "torch":
-        return _run_torch(obj, scenario)
+        inner = load(scenario.inner, cwd) if scenario.inner is not None else None
+        return _run_torch(obj, scenario, inner)
     return _run_optax(obj, scenario)
 
 
@@ -306,7 +454,7 @@ def _describe_exc(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _run_torch(cls: Any, sc: Scenario) -> Trajectory:
+def _run_torch(cls: Any, sc: Scenario, inner: Any = None) -> Trajectory:
     import torch
 
     torch_dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[sc.dtype]
@@ -314,10 +462,16 @@ def _run_torch(cls: Any, sc: Scenario) -> Trajectory:
     def build(values: Sequence[Any]) -> tuple[list[Any], Any]:
         params = [torch.tensor(np.asarray(v), dtype=torch_dtype) for v in values]
         first = sc.groups[0]
+        own = (lambda g: g.inner_kwargs) if inner is not None else (lambda g: g.kwargs)
         if len(sc.groups) == 1:
             arg: Any = [params[i] for i in first.indices]
         else:
-            arg = [{"params": [params[i] for i in g.indices], **g.kwargs} for g in sc.groups]
+            arg = [{"params": [params[i] for i in g.indices], **own(g)} for g in sc.groups]
+        if inner is not None:
+            try:
+                arg = inner(arg, **first.inner_kwargs)
+            except Exception as exc:
+                raise TargetError(f"constructing the inner optimizer raised {_describe_exc(exc)}") from None
         try:
             return params, cls(arg, **first.kwargs)
         except Exception as exc:
@@ -338,10 +492,21 @@ def _run_torch(cls: Any, sc: Scenario) -> Trajectory:
                 param.grad = None
             else:
                 param.grad = torch.tensor(sc.grads[i][t - 1], dtype=torch_dtype)
+        given = {i: p.grad.clone() for i, p in enumerate(params) if sc.check_grads and p.grad is not None}
         try:
             optimizer.step()
         except Exception as exc:
             raise TargetError(f"step {t} raised {_describe_exc(exc)}") from None
+        for i, before in given.items():
+            after = params[i].grad
+            same = (
+                after is not None
+                and after.shape == before.shape
+                and bool(((after == before) | (after.isnan() & before.isnan())).all())
+            )
+            if not same:
+                change = "set it to None" if after is None else f"changed it by up to {float((after - before).abs().max()):.3g}"
+                raise TargetError(f"step {t} modified p.grad of parameter {i} ({list(before.shape)}): it {change}")
         for i, param in enumerate(params):
             if param.dtype != torch_dtype or tuple(param.shape) != tuple(np.shape(sc.params[i])):
                 raise TargetError(
@@ -349,7 +514,7 @@ def _run_torch(cls: Any, sc: Scenario) -> Trajectory:
                     f"expected {torch_dtype} and {list(np.shape(sc.params[i]))}"
                 )
         if t in wanted:
-            trajectory[t] = [_torch_snapshot(optimizer, p, sc.slots) for p in params]
+            trajectory[t] = [_torch_snapshot(optimizer, p, sc.slots, sc.all_state) for p in params]
         if sc.checkpoint_after == t:
             buffer = io.BytesIO()
             try:
@@ -370,15 +535,26 @@ def _run_torch(cls: Any, sc: Scenario) -> Trajectory:
     return trajectory
 
 
-def _torch_snapshot(optimizer: Any, param: Any, slots: Mapping[str, tuple[str, float]]) -> dict[str, np.ndarray]:
+def _torch_snapshot(
+    optimizer: Any, param: Any, slots: Mapping[str, tuple[str, float]], all_state: bool = False
+) -> dict[str, np.ndarray]:
     import torch
 
     values = {"theta": param.detach().to(torch.float64).numpy().copy()}
-    state = optimizer.state.get(param, {})
+    state: dict[str, Any] = {}
+    inner_names = ("optimizer", "base_optimizer", "_base_optimizer")
+    base = next((getattr(optimizer, a) for a in inner_names if hasattr(optimizer, a)), None)
+    for holder in (base, optimizer):  # a wrapper's own state over its inner optimizer's
+        if holder is not None and hasattr(holder, "state"):
+            state.update(holder.state.get(param, {}))
     for slot, (key, sign) in slots.items():
         value = state.get(key)
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             values[slot] = sign * value.detach().to(torch.float64).numpy().copy()
+    if all_state:
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == param.shape:
+                values[f"state:{key}"] = value.detach().to(torch.float64).numpy().copy()
     return values
 
 
@@ -454,12 +630,19 @@ def _run_optax_x64(factory: Any, sc: Scenario) -> Trajectory:
     return trajectory
 
 
-def state_slots(kind: str, spec: Spec) -> dict[str, tuple[str, float]]:
-    """Spec slot -> (state key, sign) by the library naming of this kind, when the rule is bound."""
+def state_slots(kind: str, spec: Spec, inner: str | None = None) -> dict[str, tuple[str, float]]:
+    """Spec slot -> (state key, sign) by the library naming of this kind, when the rule is bound.
+
+    For a composite spec checked through ``--inner``, the inner rule's slots (prefixed,
+    ``sgd_b`` -> ``momentum_buffer``) by the inner rule's binding.
+    """
     binding = BINDINGS[kind].get(spec.name)
-    if binding is None:
+    if binding is not None:
+        return {slot: (where.key, where.sign) for slot, where in binding.state.items()}
+    inner_binding = BINDINGS[kind].get(inner) if inner is not None else None
+    if inner_binding is None:
         return {}
-    return {slot: (where.key, where.sign) for slot, where in binding.state.items()}
+    return {f"{inner}_{slot}": (where.key, where.sign) for slot, where in inner_binding.state.items()}
 
 
 def finite_or_none(value: float) -> float | None:

@@ -38,6 +38,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPEC=THEIRS",
         help="the target's keyword for a spec hyperparameter, e.g. --map beta1=b1 (repeatable)",
     )
+    parser.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a constructor argument the spec does not model, VALUE a Python literal, e.g. max_grad_norm=None (repeatable)",
+    )
+    parser.add_argument(
+        "--inner",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="the inner optimizer of a wrapper (composite rules such as lookahead): Target(Inner(params, ...), ...)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the full result as JSON (atomically)")
     parser.add_argument(
         "--timeout",
@@ -65,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         maps=args.map,
         timeout=args.timeout,
         behaviour=not args.no_behaviour,
+        kwargs=args.kwarg,
+        inner=args.inner,
     )
     print(format_report(report))
     if args.json is not None:
