@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import tempfile
@@ -188,7 +189,9 @@ def measurement_pool(workers: int | None = None) -> Executor | None:
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers <= 1:
         return None
-    return ProcessPoolExecutor(max_workers=workers)
+    # spawn, not fork: the calling process may already run threads (JAX, torch), and a forked
+    # copy of a multithreaded process can deadlock.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _check_finite(spec: Spec, name: str, trajectory: Trajectory, what: str) -> None:

@@ -173,8 +173,17 @@ class Checker:
         counts: bool = True,
     ) -> Comparison:
         record = sorted(observed)
+        # Measure only the budgets this comparison (and a finding's explanation) reads.
+        wanted = [p for p in (profile or self.dtype, *self.finding_profiles) if p != "bfloat16"]
         test = self.s.expectations.test(
-            self.spec, variant or self.s.variant, hyper, inputs, record, f"behaviour:{tag}", bfloat16=bfloat16
+            self.spec,
+            variant or self.s.variant,
+            hyper,
+            inputs,
+            record,
+            f"behaviour:{tag}",
+            bfloat16=bfloat16,
+            profiles=tuple(dict.fromkeys(wanted)),
         )
         comparison = compare(test, observed, profile or self.dtype, f"{tag}")
         if not comparison.ok and counts:
@@ -202,7 +211,9 @@ class Checker:
             changed = {k: v for k, v in (variant or self.s.variant).items() if self.s.variant.get(k) != v}
             other = {**self.finding_variant, **changed}
             record = sorted(observed)
-            alternative = self.s.expectations.test(self.spec, other, hyper, inputs, record, "behaviour:finding")
+            alternative = self.s.expectations.test(
+                self.spec, other, hyper, inputs, record, "behaviour:finding", profiles=(self.dtype,)
+            )
             return compare(alternative, observed, self.dtype, "").ok
         return False
 
@@ -228,8 +239,10 @@ class Checker:
         unaccepted: list[str] = []
 
         def reference_moves(h2: Mapping[str, float], variant2: Mapping[str, str]) -> float | None:
-            ref_a = self.s.expectations.test(self.spec, self.s.variant, self.hyper, inputs, record, "behaviour:sensitivity")
-            ref_b = self.s.expectations.test(self.spec, variant2, h2, inputs, record, "behaviour:sensitivity").expected
+            ref_a = self.s.expectations.test(
+                self.spec, self.s.variant, self.hyper, inputs, record, "behaviour:sensitivity", profiles=(profile,)
+            )
+            ref_b = self.s.expectations.reference(self.spec, variant2, h2, inputs, FLOAT64, "behaviour:sensitivity")
             comparison = compare(ref_a, ref_b, profile, "reference", ["theta"])
             if comparison.ok:
                 return None
@@ -438,7 +451,9 @@ class Checker:
             if second[hname] == self.hyper[hname]:
                 continue
             reverted = {**second, hname: self.hyper[hname]}
-            test = self.s.expectations.test(self.spec, self.s.variant, reverted, inputs, record, "behaviour:group revert")
+            test = self.s.expectations.test(
+                self.spec, self.s.variant, reverted, inputs, record, "behaviour:group revert", profiles=(self.dtype,)
+            )
             if compare(test, observed, self.dtype, "").ok:
                 keyword = self.s.naming.keyword(hname, self.s.variant)
                 return (

@@ -44,8 +44,9 @@ import numpy as np
 
 from optspec import __version__
 from optspec.cases import make_inputs, recorded_steps
-from optspec.checking.diagnose import Diagnosis, Observation, diagnose
+from optspec.checking.diagnose import Candidate, Diagnosis, Observation, diagnose
 from optspec.checking.expected import Expectations
+from optspec.checking.mutations import FLOAT32_MUTATION
 from optspec.checking.results import (
     COMPUTES_IN_FLOAT32,
     FLOAT32_PROFILES,
@@ -422,7 +423,10 @@ def _diagnose(session: Session, main: Sequence[_Ran], ran: Sequence[_Ran]) -> Di
         for r in float64_all:
             r.result.finding = COMPUTES_IN_FLOAT32
         cases = ", ".join(sorted({r.result.case for r in float64_all}))
+        # The same finding as the diagnosis's generic mutation "float32", so that --json names it alike.
+        as_mutation = Candidate(spec.name, dict(session.variant), True, {}, (FLOAT32_MUTATION,))
         return Diagnosis(
+            matches=[as_mutation],
             explanation=(
                 f"{COMPUTES_IN_FLOAT32}: the failing float64 cases ({cases}) are within the float32 budget of the "
                 "reference, so the target computes float64 parameters (or a state slot, or its step arithmetic) in float32"
