@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -191,7 +192,13 @@ def measurement_pool(workers: int | None = None) -> Executor | None:
         return None
     # spawn, not fork: the calling process may already run threads (JAX, torch), and a forked
     # copy of a multithreaded process can deadlock.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    # The workers compile expressions as deep as the caller does (optspec.cli raises the limit).
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=sys.setrecursionlimit,
+        initargs=(sys.getrecursionlimit(),),
+    )
 
 
 def _check_finite(spec: Spec, name: str, trajectory: Trajectory, what: str) -> None:
