@@ -107,6 +107,14 @@ class TargetInfo:
     distribution: str | None = None
     #: ``Qualname(signature)`` for messages, truncated
     signature: str = ""
+    #: the module that defines the target (``torch.optim.nadam`` for timm's re-exported NAdam)
+    module: str = ""
+
+    @property
+    def origin(self) -> str:
+        """``module:qualname`` where the target is defined: what the deviation registry matches
+        (a library's class re-exported by another package keeps the library's deviations)."""
+        return f"{self.module}:{self.qualname}" if self.module else self.ref
 
     def accepts(self, keyword: str) -> bool:
         return self.accepted is None or keyword_base(keyword) in self.accepted
@@ -237,6 +245,8 @@ class Naming:
                     f"{' and '.join(read)} are tied to one keyword {keyword!r} (--map); this case needs them to differ ({values})"
                 )
                 continue
+            if not read and keyword in self.fixed:
+                continue  # --kwarg fixes a keyword whose hyperparameter this variant does not read
             name = (read or names)[0]
             value = hyper[name]
             owner = self.owner(name, variant)
@@ -379,7 +389,8 @@ def describe(ref: str | Any, cwd: str | None = None) -> TargetInfo:
             version = None
     if version is None:
         version = getattr(sys.modules.get(package), "__version__", None)
-    return TargetInfo(shown, kind, qualname, accepted, defaults, package, version, distribution, shown_signature)
+    module = getattr(obj, "__module__", None) or ""
+    return TargetInfo(shown, kind, qualname, accepted, defaults, package, version, distribution, shown_signature, module)
 
 
 def _distribution(package: str) -> str | None:
