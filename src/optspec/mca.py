@@ -71,7 +71,8 @@ Fn = Callable[[Env], Any]
 UNIT = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
-def _numpy_format(name: str) -> Any:
+def numpy_format(name: str) -> Any:
+    """The numpy scalar type of a format name (bfloat16 from ml_dtypes)."""
     if name == "bfloat16":
         import ml_dtypes
 
@@ -214,7 +215,7 @@ class _Perturb:
         carrier_unit = float(np.finfo(self.carrier).eps) / 2
         #: kind -> [(format type, members, unit roundoff)]
         self.formats: dict[str, list[tuple[Any, slice, float]]] = {
-            kind: [(_numpy_format(fmt), rows, UNIT[fmt]) for fmt, rows in ensemble.rows(kind) if UNIT[fmt] > carrier_unit]
+            kind: [(numpy_format(fmt), rows, UNIT[fmt]) for fmt, rows in ensemble.rows(kind) if UNIT[fmt] > carrier_unit]
             for kind in ("tensor", "scalar", "const")
         }
         self.systematic = ensemble.systematic_rows()[:, None]

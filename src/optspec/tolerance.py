@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from optspec.mca import UNIT, Ensemble, MemberGroup, Spread, run_ensemble
+from optspec.mca import UNIT, Ensemble, MemberGroup, Spread, numpy_format, run_ensemble
 from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, CaseInputs, Precision, Trajectory, run_reference
 from optspec.spec import ResolvedRule
 
@@ -110,9 +110,7 @@ def _precision(tensor: str, scalar: str) -> Precision:
 
 @cache
 def _custom_precision(tensor: str, scalar: str) -> Precision:
-    from optspec.mca import _numpy_format
-
-    return Precision(f"{tensor}_{scalar}", _numpy_format(tensor), _numpy_format(scalar))
+    return Precision(f"{tensor}_{scalar}", numpy_format(tensor), numpy_format(scalar))
 
 
 def ensembles_for(profiles: Collection[str], members: int = MEMBERS, seed: int = SEED) -> list[Ensemble]:
