@@ -15,18 +15,21 @@ import pytest
 
 from optspec.cases import make_inputs
 from optspec.errors import GoldenError, SpecError
+from optspec.golden import check_all
 from optspec.impls.schedule_base import ScheduleBinding, ScheduleCheck, ScheduleRun, run_schedule_check
 from optspec.schedules import (
     ScheduleLibrary,
-    check_schedules,
     compare_schedule,
+    evaluate_schedule,
     parse_schedule,
     read_schedule_golden,
     schedule_golden_dir,
+    schedule_horizon,
 )
 from optspec.spec import SpecLibrary, parse_spec
 
-GOLDEN = schedule_golden_dir(Path(__file__).parent.parent / "conformance" / "golden")
+GOLDEN_ROOT = Path(__file__).parent.parent / "conformance" / "golden"
+GOLDEN = schedule_golden_dir(GOLDEN_ROOT)
 LIB = ScheduleLibrary()
 
 
@@ -34,11 +37,11 @@ def values(name: str, variant: dict[str, str] | None = None, **hyper: float) -> 
     spec = LIB.get(name)
     resolved = spec.resolve(variant or {})
     h = spec.hyper_values(hyper)
-    return resolved.evaluate(h, 2 * resolved.horizon(h) + 1).lr
+    return evaluate_schedule(resolved, h, 2 * schedule_horizon(resolved, h) + 1).lr
 
 
 def test_golden_vectors_are_current() -> None:
-    problems = check_schedules(LIB.all(), GOLDEN)
+    problems = check_all(LIB.all(), GOLDEN_ROOT)
     assert not problems, "stale schedule golden files (run `optspec golden`): " + "; ".join(problems)
 
 

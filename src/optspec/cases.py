@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from optspec.reference import CaseInputs, evaluate_lr_multipliers
+from optspec.schedule_reference import schedule_multipliers
 from optspec.spec import CaseSpec, Spec
 
 SHAPES: tuple[tuple[int, ...], ...] = ((), (1,), (7,), (3, 5), (2, 3, 4))
@@ -71,7 +72,5 @@ def make_inputs(spec: Spec, case: CaseSpec) -> CaseInputs:
             _f32(rng.standard_normal((steps, *SHAPES[4])) * scales),
         )
     if case.schedule is not None:
-        from optspec.schedules import schedule_multipliers
-
         return CaseInputs(params, grads, schedule_multipliers(case.schedule, steps), case.schedule)
     return CaseInputs(params, grads, evaluate_lr_multipliers(case.lr_multiplier, steps))

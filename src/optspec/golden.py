@@ -1,5 +1,10 @@
 """Golden vectors: generate them from the specs, write them, read and verify them.
 
+One writer for every spec kind: :func:`write_all` and :func:`check_all` take rules and
+schedules alike; a schedule's document comes from :mod:`optspec.schedule_golden` and lands
+in ``conformance/golden/schedules/``. The file layer (array encoding, content hash, JSON
+reading with limits, atomic writes) is :mod:`optspec.golden_format`.
+
 One JSON file per rule, ``conformance/golden/<rule>.json``, laid out like Wycheproof's
 test vectors: a header (format, generator, spec hash, error model, flag notes), shared
 input sets, and test groups that share a variant, hyperparameters and shapes. Arrays are
@@ -16,16 +21,11 @@ one-line error.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import json
-import math
 import multiprocessing
 import os
-import re
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -35,14 +35,30 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 
 from optspec import __version__
 from optspec.cases import SHAPES, make_inputs, recorded_steps
+from optspec.declarations import quoted, shorten
 from optspec.errors import GoldenError
+
+# Re-exported: the file layer every golden file kind shares (optspec.golden_format).
+from optspec.golden_format import (  # noqa: F401
+    MAX_JSON_DEPTH,
+    content_hash,
+    decode_array,
+    dumps,
+    encode_array,
+    json_depth,
+    load_json,
+    schema_error,
+    test_name,
+    write_atomic,
+)
 from optspec.reference import FLOAT64, CaseInputs, Trajectory, run_reference
-from optspec.spec import Spec, SpecDeclarations, quoted, shorten, variant_label
+from optspec.schedule_golden import generate_schedule, schedule_document, schedule_golden_dir, schedule_golden_schema
+from optspec.schedule_spec import ScheduleRef, ScheduleSpec
+from optspec.spec import Spec
 from optspec.tolerance import PROFILES, measure
 from optspec.tolerance import header as error_model_header
 
@@ -105,12 +121,6 @@ class GoldenFile:
             if test.case == case and dict(test.variant) == dict(variant):
                 return test
         return None
-
-
-def test_name(spec: SpecDeclarations, variant: Mapping[str, str], case: str) -> str:
-    """The stable id of a golden test: ``<spec>/<non-default knobs or 'default'>/<case>``."""
-    changed = {k: v for k, v in variant.items() if spec.knobs[k].default != v}
-    return f"{spec.name}/{variant_label(changed) if changed else 'default'}/{case}"
 
 
 # --------------------------------------------------------------------------- generation
@@ -214,31 +224,6 @@ def _check_finite(spec: Spec, name: str, trajectory: Trajectory, what: str) -> N
 # --------------------------------------------------------------------------- JSON encoding
 
 
-def encode_array(array: np.ndarray) -> dict[str, Any]:
-    data = np.ascontiguousarray(array, dtype="<f8").tobytes()
-    return {"shape": list(np.shape(array)), "data": base64.b64encode(data).decode("ascii")}
-
-
-def decode_array(obj: Mapping[str, Any], where: str) -> np.ndarray:
-    """A stored array; wrong length, a bad base64 string or a NaN/inf element is a GoldenError.
-
-    The reference refuses to write non-finite values (its trajectories and inputs are
-    checked when generated), so a non-finite element can only come from an edit.
-    """
-    shape = tuple(obj["shape"])
-    try:
-        raw = base64.b64decode(obj["data"], validate=True)
-    except (ValueError, TypeError) as exc:
-        raise GoldenError(f"{where}: array data is not valid base64 ({exc})") from None
-    count = math.prod(shape)
-    if len(raw) != 8 * count:
-        raise GoldenError(f"{where}: array of shape {list(shape)[:8]} needs {8 * count} bytes, found {len(raw)}")
-    array = np.frombuffer(raw, dtype="<f8").reshape(shape).astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        raise GoldenError(f"{where}: holds a NaN or infinite value, which the reference never writes")
-    return array
-
-
 def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
@@ -303,112 +288,12 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
     return doc
 
 
-def content_hash(doc: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in doc.items() if k != "contentSha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def dumps(doc: Mapping[str, Any]) -> str:
-    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same directory and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------- reading
 
 
 @cache
 def golden_schema() -> dict[str, Any]:
     return json.loads(resources.files("optspec.vectors").joinpath("golden.schema.json").read_text())
-
-
-#: Golden files nest about ten levels deep; anything much deeper is refused before decoding
-#: (the decoder recurses once per level).
-MAX_JSON_DEPTH = 64
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-
-
-class _BadNumber(ValueError):
-    pass
-
-
-def _json_constant(name: str) -> float:
-    raise _BadNumber(f"{name} is not a JSON number (golden values and budgets are finite)")
-
-
-def _json_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadNumber(f"the number {text[:40]} overflows binary64")
-    return value
-
-
-def _json_int(text: str) -> int:
-    if len(text.lstrip("-")) > 18:
-        raise _BadNumber(f"the integer {text[:40]}... has {len(text)} digits")
-    return int(text)
-
-
-def json_depth(text: str) -> int:
-    """How deeply arrays and objects nest in a JSON text (strings skipped), without recursing."""
-    depth = deepest = 0
-    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        depth += 1 if char in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
-
-
-def load_json(path: Path, shown: str, what: str = "golden file") -> Any:
-    """Read and decode a JSON file; every failure (missing, unreadable, not UTF-8, nested too
-    deeply, not JSON, NaN, Infinity, a number binary64 cannot hold) is a one-line GoldenError."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise GoldenError(f"{shown}: {what} is missing; run `optspec golden` to generate it") from None
-    except OSError as exc:
-        raise GoldenError(f"{shown}: cannot read the {what} ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GoldenError(f"{shown}: the {what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
-    depth = json_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise GoldenError(f"{shown}: not a {what}: JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
-    try:
-        return json.loads(text, parse_constant=_json_constant, parse_float=_json_float, parse_int=_json_int)
-    except json.JSONDecodeError as exc:
-        raise GoldenError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except _BadNumber as exc:
-        raise GoldenError(f"{shown}: not a valid {what}: {exc}") from None
-    except RecursionError:
-        raise GoldenError(f"{shown}: not a {what}: JSON nested too deeply") from None
-
-
-def schema_error(doc: Any, schema: Mapping[str, Any], shown: str, name: str) -> GoldenError | None:
-    """The best-matching schema violation as a one-line GoldenError (None when ``doc`` matches)."""
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
-    if error is None:
-        return None
-    where = shorten("/".join(str(p) for p in error.absolute_path) or "(top level)", 120)
-    return GoldenError(f"{shown}: does not match {name} at {where}: {shorten(error.message, 200)}")
 
 
 def read_golden(path: str | Path, spec: Spec | None = None, shown: str | None = None) -> GoldenFile:
@@ -452,8 +337,6 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
             case_inputs = inputs[item["inputs"]]
             schedule = group.get("schedule")
             if schedule is not None:
-                from optspec.schedules import ScheduleRef
-
                 ref = ScheduleRef(
                     schedule["name"], dict(schedule["variant"]), {k: float(v) for k, v in schedule["hyper"].items()}
                 )
@@ -528,14 +411,42 @@ def default_golden_dir() -> Path:
     return Path(str(resources.files("optspec.vectors")))
 
 
-def write_all(specs: Iterable[Spec], directory: Path, workers: int | None = None) -> list[Path]:
+def golden_path(spec: Spec | ScheduleSpec, directory: Path) -> Path:
+    """Where a spec's golden file lives: ``<dir>/<rule>.json`` or ``<dir>/schedules/<schedule>.json``."""
+    if isinstance(spec, ScheduleSpec):
+        return schedule_golden_dir(directory) / f"{spec.name}.json"
+    return directory / f"{spec.name}.json"
+
+
+def _documents(specs: Sequence[Spec | ScheduleSpec], workers: int | None) -> list[dict[str, Any]]:
+    """The golden document of every spec, rules and schedules alike, in the order given.
+
+    Rule budgets are measured in one process pool (the slow part); a schedule's budgets are
+    a few evaluations of scalars, done in this process.
+    """
+    rules = [spec for spec in specs if isinstance(spec, Spec)]
+    if rules:
+        with _pool(workers) as pool:
+            goldens = iter(generate_many(rules, pool))
+    return [
+        schedule_document(generate_schedule(spec), spec) if isinstance(spec, ScheduleSpec) else to_document(next(goldens), spec)
+        for spec in specs
+    ]
+
+
+def _schema_of(spec: Spec | ScheduleSpec) -> tuple[dict[str, Any], str]:
+    if isinstance(spec, ScheduleSpec):
+        return schedule_golden_schema(), "schedule-golden.schema.json"
+    return golden_schema(), "golden.schema.json"
+
+
+def write_all(specs: Iterable[Spec | ScheduleSpec], directory: Path, workers: int | None = None) -> list[Path]:
+    """Generate and write the golden file of every spec (rules and schedules) under ``directory``."""
     specs = list(specs)
     written = []
-    with _pool(workers) as pool:
-        goldens = generate_many(specs, pool)
-    for spec, golden in zip(specs, goldens):
-        path = directory / f"{spec.name}.json"
-        write_atomic(path, dumps(to_document(golden, spec)))
+    for spec, doc in zip(specs, _documents(specs, workers)):
+        path = golden_path(spec, directory)
+        write_atomic(path, dumps(doc))
         written.append(path)
     return written
 
@@ -550,24 +461,24 @@ def _pool(workers: int | None) -> Iterator[Executor | None]:
             pool.shutdown(cancel_futures=True)
 
 
-def check_all(specs: Iterable[Spec], directory: Path, workers: int | None = None) -> list[str]:
+def check_all(specs: Iterable[Spec | ScheduleSpec], directory: Path, workers: int | None = None) -> list[str]:
     """Regenerate in memory; return one message per file that differs (empty: all current)."""
     problems = []
     specs = list(specs)
-    with _pool(workers) as pool:
-        goldens = generate_many(specs, pool)
-    for spec, golden in zip(specs, goldens):
-        path = directory / f"{spec.name}.json"
+    for spec, doc in zip(specs, _documents(specs, workers)):
+        path = golden_path(spec, directory)
         shown = str(path)
-        fresh = json.loads(dumps(to_document(golden, spec)))
+        what = "schedule golden file" if isinstance(spec, ScheduleSpec) else "golden file"
+        fresh = json.loads(dumps(doc))
         try:
-            stored = load_json(path, shown)
+            stored = load_json(path, shown, what)
         except GoldenError as exc:
             problems.append(str(exc))
             continue
         if stored != fresh:
             # A file that is not even shaped like a golden file is named by its schema error.
-            error = schema_error(stored, golden_schema(), shown, "golden.schema.json")
+            schema, schema_name = _schema_of(spec)
+            error = schema_error(stored, schema, shown, schema_name)
             problems.append(
                 f"{error}; run `optspec golden`"
                 if error is not None
@@ -592,7 +503,7 @@ def _first_difference(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> st
                 k: v for k, v in group.items() if k != "tests"
             }:
                 return f"first differing test is {test['name']!r}"
-    if stored.get("inputs") != fresh["inputs"]:
+    if stored.get("inputs") != fresh.get("inputs"):
         return "the stored inputs differ"
     fresh_names = {t["name"] for g in fresh["testGroups"] for t in g["tests"]}
     gone = sorted(set(stored_tests) - fresh_names)

@@ -23,21 +23,33 @@ Names available to every equation:
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-import math
-import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
-
+# Re-exported: the declarations and the loader every spec kind shares (optspec.declarations).
+from optspec.declarations import (  # noqa: F401
+    Domain,
+    Hyper,
+    SpecDeclarations,
+    SpecFiles,
+    as_float,
+    check_identifier,
+    check_knob_default,
+    load_table,
+    load_toml,
+    packaged_schema,
+    parse_decimal,
+    parse_hypers,
+    quoted,
+    read_spec_text,
+    shorten,
+    spec_hash,
+    variant_label,
+)
 from optspec.errors import ExprError, SpecError
 from optspec.expr import (
     REDUCTIONS,
@@ -54,6 +66,7 @@ from optspec.expr import (
     rename_names,
     to_source,
 )
+from optspec.schedule_spec import ScheduleRef, schedule_ref
 
 Kind = Literal["tensor", "scalar"]
 
@@ -87,111 +100,6 @@ DEFAULT_STEPS = 100
 #: The most steps a case may ask for: the inputs and the float64 trajectory of every step are
 #: kept in memory (a few kB per step), and golden generation runs every case several times.
 MAX_STEPS = 10_000
-
-#: ASCII decimal numbers only: ``\d`` would also accept other scripts' digits.
-_DECIMAL = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-_DOMAIN = re.compile(
-    rf"(?P<open>[\[(])\s*(?P<low>-?inf|{_DECIMAL})\s*,\s*(?P<high>[+-]?inf|{_DECIMAL})\s*(?P<close>[\])])", re.ASCII
-)
-
-
-def quoted(text: str, limit: int = 80) -> str:
-    """``repr(text)``, shortened in the middle when longer than ``limit``: error lines stay short."""
-    if len(text) <= limit:
-        return repr(text)
-    keep = limit // 2
-    return f"{text[:keep]!r}...{text[-keep // 2 :]!r} ({len(text)} characters)"
-
-
-def shorten(text: str, limit: int = 300) -> str:
-    """``text`` on one line (newlines shown as ``\\n``), cut in the middle when longer than ``limit``."""
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    if len(text) <= limit:
-        return text
-    keep = limit // 2
-    return f"{text[:keep]}...{text[-keep // 2 :]} ({len(text)} characters)"
-
-
-def as_float(value: object, where: str) -> float:
-    """A TOML number as binary64; an integer too large for binary64 is a SpecError, not an OverflowError."""
-    try:
-        result = float(value)  # type: ignore[arg-type]
-    except (OverflowError, TypeError, ValueError):
-        raise SpecError(where, f"{quoted(str(value))} is not a number binary64 can hold") from None
-    if isinstance(value, int) and math.isfinite(result) and abs(result) > 2.0**53 and int(result) != value:
-        raise SpecError(where, f"the integer {quoted(str(value))} is not exactly representable in binary64")
-    return result
-
-
-def parse_decimal(text: str) -> float:
-    """A decimal literal as binary64; ValueError when it overflows or a nonzero value underflows to 0."""
-    if not re.fullmatch(_DECIMAL, text, re.ASCII):
-        raise ValueError(f"{text!r} is not a decimal number")
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text} overflows binary64; write inf for an unbounded end")
-    mantissa = re.split(r"[eE]", text)[0]
-    if value == 0 and any(c in "123456789" for c in mantissa):
-        raise ValueError(f"the number {text} underflows to 0 in binary64")
-    return value
-
-
-@dataclass(frozen=True)
-class Domain:
-    """A real interval such as ``[0, 1)``; ``integer`` restricts it to whole numbers."""
-
-    low: float
-    high: float
-    low_closed: bool
-    high_closed: bool
-    integer: bool = False
-
-    @classmethod
-    def parse(cls, text: str, integer: bool = False, where: str = "domain") -> Domain:
-        """``[low, high]`` with ``(`` / ``)`` for open ends; a bound is a decimal number or ``inf``.
-
-        Anything else (``"[., inf)"``, ``"[0, 1e5e5]"``, a bound that underflows to 0 or
-        overflows, ``low > high``) is a :class:`~optspec.errors.SpecError` at ``where``.
-        """
-        match = _DOMAIN.fullmatch(text.strip())
-        if match is None:
-            raise SpecError(where, f"{quoted(text)} is not an interval like '[0, 1)' or '(0, inf)'")
-        bounds = []
-        for part in ("low", "high"):
-            bound = match.group(part)
-            try:
-                bounds.append(float(bound) if bound.lstrip("+-") == "inf" else parse_decimal(bound))
-            except ValueError as exc:
-                raise SpecError(where, f"{quoted(text)}: {exc}") from None
-        low, high = bounds
-        low_closed, high_closed = match.group("open") == "[", match.group("close") == "]"
-        if low > high or (low == high and not (low_closed and high_closed)):
-            raise SpecError(where, f"{quoted(text)} is an empty interval")
-        return cls(low, high, low_closed, high_closed, integer)
-
-    def contains(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.integer and value != int(value):
-            return False
-        above = value >= self.low if self.low_closed else value > self.low
-        below = value <= self.high if self.high_closed else value < self.high
-        return above and below
-
-    def __str__(self) -> str:
-        def bound(x: float) -> str:
-            return "inf" if x == math.inf else "-inf" if x == -math.inf else repr(x)
-
-        text = f"{'[' if self.low_closed else '('}{bound(self.low)}, {bound(self.high)}{']' if self.high_closed else ')'}"
-        return f"{text} (integers)" if self.integer else text
-
-
-@dataclass(frozen=True)
-class Hyper:
-    name: str
-    default: float
-    domain: Domain
-    doc: str
 
 
 @dataclass(frozen=True)
@@ -243,75 +151,10 @@ class CaseSpec:
     lr_multiplier: Expr | None
     lr_multiplier_text: str | None
     steps: int
-    #: a schedule spec driving the lr (an optspec.schedules.ScheduleRef), or None
-    schedule: object | None = None
+    #: the schedule spec driving the lr, or None
+    schedule: ScheduleRef | None = None
     #: indices of tensors that start at exactly zero (zero-initialised biases; trust-ratio guards)
     zero_params: tuple[int, ...] = ()
-
-
-class SpecDeclarations:
-    """What every spec (an update rule or a schedule) declares: hyperparameters and variant knobs.
-
-    Subclasses provide ``hyper`` (name -> :class:`Hyper`), ``knobs`` (name -> knob with
-    ``default`` and ``values``), ``extra_combos`` and ``where`` (the spec's location for errors).
-    """
-
-    hyper: Mapping[str, Hyper]
-    knobs: Mapping[str, Any]
-    extra_combos: tuple[Mapping[str, str], ...]
-
-    @property
-    def where(self) -> str:
-        raise NotImplementedError
-
-    def default_variant(self) -> dict[str, str]:
-        return {name: knob.default for name, knob in self.knobs.items()}
-
-    def full_variant(self, partial: Mapping[str, str] | None = None, where: str | None = None) -> dict[str, str]:
-        """The default variant with ``partial`` applied; unknown knobs or values are errors."""
-        variant = self.default_variant()
-        for knob_name, value in (partial or {}).items():
-            if knob_name not in self.knobs:
-                known = ", ".join(self.knobs) or "none"
-                raise SpecError(where or self.where, f"unknown variant knob {knob_name!r} (knobs: {known})")
-            values = self.knobs[knob_name].values
-            if value not in values:
-                raise SpecError(where or self.where, f"knob {knob_name!r} has no value {value!r} (values: {', '.join(values)})")
-            variant[knob_name] = value
-        return variant
-
-    def all_combos(self) -> list[dict[str, str]]:
-        """Every combination of knob values (the product over knobs)."""
-        names = list(self.knobs)
-        return [dict(zip(names, values)) for values in itertools.product(*(self.knobs[n].values for n in names))]
-
-    def hyper_values(self, overrides: Mapping[str, float] | None = None, where: str | None = None) -> dict[str, float]:
-        """Defaults with ``overrides``; unknown names and values outside the domain are errors."""
-        values = {name: h.default for name, h in self.hyper.items()}
-        for name, value in (overrides or {}).items():
-            if name not in self.hyper:
-                raise SpecError(where or self.where, f"unknown hyperparameter {name!r} (known: {', '.join(self.hyper)})")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is not a number")
-            domain = self.hyper[name].domain
-            value = as_float(value, f"{where or self.where}, hyperparameter {name!r}")
-            if not domain.contains(value):
-                raise SpecError(where or self.where, f"hyperparameter {name}={value!r} is outside its domain {domain}")
-            values[name] = float(value)
-        return values
-
-    def golden_combos(self) -> list[dict[str, str]]:
-        """The default variant, each knob value with the others at default, and extras."""
-        combos = [self.default_variant()]
-        for knob in self.knobs.values():
-            for value in knob.values:
-                if value != knob.default:
-                    combos.append(self.full_variant({knob.name: value}))
-        for extra in self.extra_combos:
-            full = self.full_variant(extra)
-            if full not in combos:
-                combos.append(full)
-        return combos
 
 
 @dataclass(frozen=True)
@@ -377,89 +220,26 @@ class ResolvedRule:
         return frozenset(loc.equation.target for loc in self.equations)
 
 
-def variant_label(variant: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in variant.items()) or "(no knobs)"
-
-
 # --------------------------------------------------------------------------- loading
 
 
-def _schema() -> dict[str, object]:
-    return json.loads(resources.files("optspec.specs").joinpath("spec.schema.json").read_text())
-
-
-def spec_hash(table: Mapping[str, object]) -> str:
-    """sha256 of the canonical JSON of the parsed TOML: comments and layout do not count."""
-    canonical = json.dumps(table, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+@cache
+def _schema() -> dict[str, Any]:
+    return packaged_schema("spec.schema.json")
 
 
 def load_spec(path: str | Path, display: str | None = None, inner: Callable[[str], Spec] | None = None) -> Spec:
     """Read, validate and check one spec file; ``display`` is the path shown in errors."""
-    path = Path(path)
     shown = display or str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(shown, f"cannot read the spec: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(shown, f"the spec is not UTF-8 text: {exc.reason}") from None
-    return parse_spec(text, shown, inner)
-
-
-class _BadFloat(Exception):
-    def __init__(self, literal: str, message: str) -> None:
-        super().__init__(message)
-        self.literal = literal
-        self.message = message
-
-
-def _toml_float(literal: str) -> float:
-    """tomllib's ``parse_float``: refuse literals that overflow or underflow to 0 instead of keeping inf or 0."""
-    if literal.lstrip("+-") in ("inf", "nan"):
-        return float(literal)
-    try:
-        return parse_decimal(literal.replace("_", ""))
-    except ValueError as exc:
-        raise _BadFloat(literal, str(exc)) from None
-
-
-def load_toml(text: str, shown: str) -> dict[str, Any]:
-    """``tomllib.loads`` with every failure (syntax, a number binary64 cannot hold, nesting) as one SpecError."""
-    try:
-        return tomllib.loads(text, parse_float=_toml_float)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(shown, f"not valid TOML: {exc}") from None
-    except _BadFloat as exc:
-        line = text[: text.find(exc.literal)].count("\n") + 1 if exc.literal in text else None
-        raise SpecError(shown, f"line {line}: {exc.message}" if line else exc.message) from None
-    except RecursionError:
-        raise SpecError(shown, "not valid TOML: arrays or tables nested too deeply") from None
+    return parse_spec(read_spec_text(path, shown, "spec"), shown, inner)
 
 
 def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None) -> Spec:
     """Parse and check a spec; ``inner`` resolves the rules a composite spec (``[inner]``) names."""
-    table = load_toml(text, shown)
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(table))
-    if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise SpecError(shown, f"field {shorten(where, 120)}: {shorten(error.message, 200)}")
+    table = load_table(text, shown, _schema(), "rule")
     name = str(table["name"])
-    stem = Path(shown).stem
-    if stem != name and not shown.startswith("<"):
-        raise SpecError(shown, f"the rule is named {name!r} but the file is {Path(shown).name!r}; they must agree")
     rule_where = f"{shown}: rule {name!r}"
-
-    hypers: dict[str, Hyper] = {}
-    for hname, h in table["hyper"].items():
-        _check_identifier(hname, f"{rule_where}, hyperparameter {hname!r}")
-        if hname in BUILTIN_NAMES and hname != "lr":
-            raise SpecError(rule_where, f"hyperparameter {hname!r} shadows a built-in name")
-        domain = Domain.parse(h["domain"], bool(h.get("integer", False)), f"{rule_where}, hyperparameter {hname!r} domain")
-        default = as_float(h["default"], f"{rule_where}, hyperparameter {hname!r} default")
-        if not domain.contains(default):
-            raise SpecError(rule_where, f"hyperparameter {hname!r}: default {h['default']!r} is outside its domain {domain}")
-        hypers[hname] = Hyper(hname, default, domain, h["doc"])
+    hypers = parse_hypers(table["hyper"], rule_where, set(BUILTIN_NAMES) - {"lr"})
 
     state = {sname: _slot(sname, s, f"{rule_where}, state {sname!r}") for sname, s in table.get("state", {}).items()}
     step = tuple(
@@ -471,11 +251,11 @@ def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None
 
     knobs: dict[str, Knob] = {}
     for kname, k in table.get("variants", {}).items():
-        _check_identifier(kname, f"{rule_where}, variant {kname!r}")
+        check_identifier(kname, f"{rule_where}, variant {kname!r}")
         values: dict[str, VariantValue] = {}
         for vname, v in k["values"].items():
             vwhere = f"{rule_where}, variant {kname}={vname}"
-            _check_identifier(vname, vwhere)
+            check_identifier(vname, vwhere)
             edits = {
                 kind: {
                     label: tuple(_equation(eq, f"{vwhere}, {kind}.{label} equation {i + 1}") for i, eq in enumerate(eqs))
@@ -485,11 +265,7 @@ def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None
             }
             slots = {sname: _slot(sname, s, f"{vwhere}, state {sname!r}") for sname, s in v.get("state", {}).items()}
             values[vname] = VariantValue(vname, v.get("doc", ""), edits["replace"], edits["before"], edits["after"], slots)
-        if k["default"] not in values:
-            raise SpecError(
-                f"{rule_where}, variant {kname!r}",
-                f"default value {k['default']!r} is not one of its values ({', '.join(values)})",
-            )
+        check_knob_default(k["default"], values, f"{rule_where}, variant {kname!r}")
         knobs[kname] = Knob(kname, k.get("doc", ""), k["default"], values)
 
     sha256 = spec_hash(table)
@@ -605,11 +381,6 @@ def _renamed_equation(eq: Equation, rename: Mapping[str, str]) -> Equation:
     return Equation(None, target, expr, text, len(target) + 4)
 
 
-def _check_identifier(name: str, where: str) -> None:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name):
-        raise SpecError(where, f"{name!r} is not a valid name (letters, digits, underscore)")
-
-
 def _equation(text: str, where: str) -> Located:
     try:
         return Located(parse_equation(text), f"{where} {quoted(text.strip())}")
@@ -618,7 +389,7 @@ def _equation(text: str, where: str) -> Located:
 
 
 def _slot(name: str, table: Mapping[str, object], where: str) -> StateSlot:
-    _check_identifier(name, where)
+    check_identifier(name, where)
     if name in BUILTIN_NAMES:
         raise SpecError(where, f"state slot {name!r} shadows a built-in name")
     init_text = table.get("init")
@@ -679,14 +450,12 @@ def _steps(table: Mapping[str, object], where: str) -> int:
     return steps
 
 
-def _case_schedule(table: Mapping[str, object], lr_text: object, hyper: Mapping[str, float], where: str) -> object | None:
+def _case_schedule(table: Mapping[str, object], lr_text: object, hyper: Mapping[str, float], where: str) -> ScheduleRef | None:
     """A case's ``schedule = {name, variant, hyper}``: a schedule spec feeds s_t = value[t-1] / eta."""
     if "schedule" not in table:
         return None
     if lr_text is not None:
         raise SpecError(where, "a case takes either lr_multiplier or schedule, not both")
-    from optspec.schedules import schedule_ref
-
     return schedule_ref(table["schedule"], hyper["lr"], f"{where} schedule")  # type: ignore[arg-type]
 
 
@@ -884,41 +653,24 @@ def _check_whole(spec: Spec) -> None:
 # --------------------------------------------------------------------------- library
 
 
-class SpecLibrary:
-    """All specs visible to optspec: the packaged ``specs/`` plus any extra directories."""
+class SpecLibrary(SpecFiles[Spec]):
+    """All rule specs visible to optspec: the packaged ``specs/`` plus any extra directories.
+
+    A composite spec loads its inner rules through the library; a composite naming itself
+    (directly or not) is a SpecError.
+    """
+
+    kind = "rule"
 
     def __init__(self, extra_dirs: Iterable[str | Path] = (), include_packaged: bool = True) -> None:
-        self._paths: dict[str, tuple[Path, str]] = {}
-        if include_packaged:
-            root = resources.files("optspec.specs")
-            for entry in sorted(root.iterdir(), key=lambda e: e.name):
-                if entry.name.endswith(".toml"):
-                    self._paths[entry.name[:-5]] = (Path(str(entry)), f"specs/{entry.name}")
-        for directory in extra_dirs:
-            for path in sorted(Path(directory).glob("*.toml")):
-                self._paths[path.stem] = (path, str(path))
-        self._cache: dict[str, Spec] = {}
+        super().__init__(resources.files("optspec.specs") if include_packaged else None, "specs/", extra_dirs)
         self._loading: list[str] = []
 
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._paths)
-
-    def get(self, name: str) -> Spec:
-        if name not in self._paths:
-            from optspec.errors import UsageError
-
-            raise UsageError(f"unknown rule {name!r} (known rules: {', '.join(self.names)})")
-        if name not in self._cache:
-            path, shown = self._paths[name]
-            if name in self._loading:
-                raise SpecError(shown, f"composite spec cycle: {' -> '.join([*self._loading, name])}")
-            self._loading.append(name)
-            try:
-                self._cache[name] = load_spec(path, shown, self.get)
-            finally:
-                self._loading.pop()
-        return self._cache[name]
-
-    def all(self) -> list[Spec]:
-        return [self.get(name) for name in self.names]
+    def _load(self, name: str, path: Path, shown: str) -> Spec:
+        if name in self._loading:
+            raise SpecError(shown, f"composite spec cycle: {' -> '.join([*self._loading, name])}")
+        self._loading.append(name)
+        try:
+            return load_spec(path, shown, self.get)
+        finally:
+            self._loading.pop()

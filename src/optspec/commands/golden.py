@@ -8,7 +8,9 @@ from pathlib import Path
 
 from optspec.commands import add_spec_options, check_output_dir, library_from, write_failed
 from optspec.errors import UsageError
-from optspec.golden import check_all, default_golden_dir, write_all
+from optspec.golden import check_all, default_golden_dir, golden_path, write_all
+from optspec.schedule_spec import ScheduleLibrary, ScheduleSpec
+from optspec.spec import Spec, SpecLibrary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,37 +23,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optspec.schedules import ScheduleLibrary, check_schedules, schedule_golden_dir, write_schedules
-
     library = library_from(args)
     schedules = ScheduleLibrary()
-    # Names may be rules or schedules (specs/schedules/); no names: all of both.
+    # Names may be rules or schedules (specs/schedules/); no names: all of both. One writer
+    # takes both kinds (a schedule's file lands in <dir>/schedules/).
     names = args.rules or [*library.names, *(f"schedule:{n}" for n in schedules.names)]
-    specs = [library.get(n) for n in names if not _is_schedule(n, library, schedules)]
-    schedule_specs = [schedules.get(n.removeprefix("schedule:")) for n in names if _is_schedule(n, library, schedules)]
+    specs: list[Spec | ScheduleSpec] = [
+        schedules.get(n.removeprefix("schedule:")) if _is_schedule(n, library, schedules) else library.get(n) for n in names
+    ]
+    rules = sum(1 for spec in specs if isinstance(spec, Spec))
     directory = args.dir or default_golden_dir()
     if args.check:
-        problems = check_all(specs, directory) + check_schedules(schedule_specs, schedule_golden_dir(directory))
+        problems = check_all(specs, directory)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
             return 1
-        print(f"golden vectors of {len(specs)} rules and {len(schedule_specs)} schedules in {directory} are current")
+        print(f"golden vectors of {rules} rules and {len(specs) - rules} schedules in {directory} are current")
         return 0
     if not directory.parent.exists():
         raise UsageError(f"{directory}: parent directory does not exist; pass --dir")
     # Before generating anything: a read-only checkout is one line, not a traceback at the end.
-    check_output_dir(directory, "--dir" if args.dir else "golden directory")
-    if schedule_specs:
-        check_output_dir(schedule_golden_dir(directory), "--dir" if args.dir else "golden directory")
+    for folder in sorted({golden_path(spec, directory).parent for spec in specs}):
+        check_output_dir(folder, "--dir" if args.dir else "golden directory")
     try:
-        for path in [*write_all(specs, directory), *write_schedules(schedule_specs, schedule_golden_dir(directory))]:
+        for path in write_all(specs, directory):
             print(f"wrote {path}")
     except OSError as exc:
         raise write_failed(Path(exc.filename or directory), exc) from None
     return 0
 
 
-def _is_schedule(name: str, library: object, schedules: object) -> bool:
+def _is_schedule(name: str, library: SpecLibrary, schedules: ScheduleLibrary) -> bool:
     """``schedule:<name>``, or a name that only the schedule library knows."""
-    return name.startswith("schedule:") or (name not in library.names and name in schedules.names)  # type: ignore[attr-defined]
+    return name.startswith("schedule:") or (name not in library.names and name in schedules.names)

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optspec.schedules import ScheduleLibrary
+    from optspec.schedule_spec import ScheduleLibrary
 
     library = library_from(args)
     schedules = ScheduleLibrary()
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list_schedules(args: argparse.Namespace, schedules: object) -> None:
-    from optspec.schedules import INDEX_CONVENTION, ScheduleLibrary
+    from optspec.schedule_spec import INDEX_CONVENTION, ScheduleLibrary
 
     assert isinstance(schedules, ScheduleLibrary)
     names = [n for n in args.rules if n in schedules.names] if args.rules else schedules.names

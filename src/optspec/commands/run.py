@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _schedule_checks(args: argparse.Namespace, directory: Path) -> list:
-    from optspec.schedules import ScheduleLibrary
+    from optspec.schedule_spec import ScheduleLibrary
 
     library = ScheduleLibrary()
     for name in args.schedule:

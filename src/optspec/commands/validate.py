@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         golden = read_golden(directory / f"{spec.name}.json", spec)
         count += len(golden.tests)
         sampled += check_rule_sample(spec, golden, rng.sample(golden.tests, min(args.sample, len(golden.tests))), seed)
-    from optspec.schedules import ScheduleLibrary, read_schedule_golden, schedule_golden_dir
+    from optspec.schedule_golden import read_schedule_golden, schedule_golden_dir
+    from optspec.schedule_spec import ScheduleLibrary
 
     schedules = ScheduleLibrary()
     schedule_tests = 0
@@ -114,7 +115,7 @@ def check_rule_sample(spec: Spec, golden: GoldenFile, tests: Sequence[Any], seed
 
 def check_schedule_sample(schedule: Any, golden: Any, tests: Sequence[Any], seed: int) -> int:
     """The same for a schedule's golden file: values and budgets of each sampled test."""
-    from optspec.schedules import generate_schedule
+    from optspec.schedule_golden import generate_schedule
 
     for test in tests:
         (fresh,) = generate_schedule(_one_test(schedule, test.variant, test.case)).tests
