@@ -15,7 +15,7 @@ import pytest
 
 from optspec.cases import make_inputs
 from optspec.errors import GoldenError, SpecError
-from optspec.golden import check_all
+from optspec.golden import check_all, write_all
 from optspec.impls.schedule_base import ScheduleBinding, ScheduleCheck, ScheduleRun, run_schedule_check
 from optspec.schedules import (
     ScheduleLibrary,
@@ -98,6 +98,40 @@ default = 5
 domain = "[1, inf)"
 doc = "T"
 """
+
+
+def test_schedules_and_rules_go_through_one_loader(tmp_path: Path) -> None:
+    """The same defect in a rule file and a schedule file gets the same one-line message."""
+    rule_text = (Path(__file__).parent.parent / "specs" / "sgd.toml").read_text()
+    schedule_text = (Path(__file__).parent.parent / "specs" / "schedules" / "cosine.toml").read_text()
+    for kind, text, load in (("rule", rule_text, SpecLibrary), ("schedule", schedule_text, ScheduleLibrary)):
+        directory = tmp_path / kind
+        directory.mkdir()
+        (directory / "other.toml").write_text(text)
+        with pytest.raises(SpecError) as info:
+            load([directory], include_packaged=False).get("other")
+        message = str(info.value)
+        assert f"the {kind} is named" in message and "'other.toml'; they must agree" in message, f"{kind}: {message}"
+        (directory / "other.toml").write_bytes(b"name = '\xff'\n")
+        with pytest.raises(SpecError) as info:
+            load([directory], include_packaged=False).get("other")
+        assert "is not UTF-8 text" in str(info.value) and "other.toml" in str(info.value), f"{kind}: {info.value}"
+    shadow = SCHEDULE_TOML.replace("[hyper.T]", "[hyper.n]").replace('horizon = "T"', 'horizon = "n"')
+    with pytest.raises(SpecError, match="hyperparameter 'n' shadows a built-in name"):
+        parse_schedule(shadow, "<bad>")
+
+
+def test_one_writer_and_checker_for_rules_and_schedules(tmp_path: Path) -> None:
+    """golden.write_all puts a schedule's file under schedules/; check_all names the stale test."""
+    (path,) = write_all([LIB.get("cosine")], tmp_path)
+    assert path == tmp_path / "schedules" / "cosine.json", f"a schedule's golden file belongs in schedules/, not {path}"
+    assert check_all([LIB.get("cosine")], tmp_path) == [], "a file just written must be current"
+    doc = json.loads(path.read_text())
+    doc["testGroups"][0]["tests"][0]["count"] += 1
+    path.write_text(json.dumps(doc))
+    (problem,) = check_all([LIB.get("cosine")], tmp_path)
+    first = doc["testGroups"][0]["tests"][0]["name"]
+    assert "out of date" in problem and repr(first) in problem, f"the stale test must be named: {problem}"
 
 
 def test_bad_schedule_spec_names_file_phase_and_name() -> None:

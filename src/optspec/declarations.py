@@ -136,20 +136,51 @@ class Hyper:
     doc: str
 
 
+#: The most knob combinations a spec may have (each is resolved and checked when it loads).
+MAX_COMBINATIONS = 4096
+
+
 class SpecDeclarations:
     """What every spec (an update rule or a schedule) declares: hyperparameters and variant knobs.
 
-    Subclasses provide ``hyper`` (name -> :class:`Hyper`), ``knobs`` (name -> knob with
-    ``default`` and ``values``), ``extra_combos`` and ``where`` (the spec's location for errors).
+    Subclasses are frozen dataclasses with ``name``, ``path``, ``hyper`` (name -> :class:`Hyper`),
+    ``knobs`` (name -> knob with ``default`` and ``values``), ``cases`` (each with an ``id``) and
+    ``extra_combos``; they set ``kind`` ("rule", "schedule") and implement :meth:`resolve`.
     """
 
+    kind = "spec"
+    name: str
+    path: str
     hyper: Mapping[str, Hyper]
     knobs: Mapping[str, Any]
+    cases: tuple[Any, ...]
     extra_combos: tuple[Mapping[str, str], ...]
 
     @property
     def where(self) -> str:
+        """The spec's location in error messages: ``<path>: <kind> '<name>'``."""
+        return f"{self.path}: {self.kind} {self.name!r}"
+
+    def resolve(self, variant: Mapping[str, str] | None = None) -> Any:
+        """The spec with one value chosen for every knob (the default for knobs ``variant`` omits)."""
         raise NotImplementedError
+
+    def case(self, case_id: str) -> Any:
+        for case in self.cases:
+            if case.id == case_id:
+                return case
+        raise SpecError(self.where, f"no case {case_id!r} (cases: {', '.join(c.id for c in self.cases)})")
+
+    def resolve_every_combination(self) -> list[Any]:
+        """Every knob combination resolved (at most :data:`MAX_COMBINATIONS`); the golden extra
+        combos must name real knobs and values. Returns the resolved specs, in :meth:`all_combos` order."""
+        combos = self.all_combos()
+        if len(combos) > MAX_COMBINATIONS:
+            raise SpecError(self.where, f"{len(combos)} knob combinations; at most {MAX_COMBINATIONS} are supported")
+        resolved = [self.resolve(combo) for combo in combos]
+        for extra in self.extra_combos:
+            self.full_variant(extra, f"{self.where}, golden.extra_combos")
+        return resolved
 
     def default_variant(self) -> dict[str, str]:
         return {name: knob.default for name, knob in self.knobs.items()}

@@ -134,6 +134,7 @@ class ScheduleCase:
 class ScheduleSpec(SpecDeclarations):
     """One learning-rate schedule as declared in its TOML file."""
 
+    kind = "schedule"
     name: str
     title: str
     doc: str
@@ -150,10 +151,6 @@ class ScheduleSpec(SpecDeclarations):
     extra_combos: tuple[Mapping[str, str], ...]
     path: str
     sha256: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.path}: schedule {self.name!r}"
 
     def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedSchedule:
         """Apply a variant's edits and check the result statically."""
@@ -184,10 +181,7 @@ class ScheduleSpec(SpecDeclarations):
         return resolved
 
     def case(self, case_id: str) -> ScheduleCase:
-        for case in self.cases:
-            if case.id == case_id:
-                return case
-        raise SpecError(self.where, f"no case {case_id!r} (cases: {', '.join(c.id for c in self.cases)})")
+        return super().case(case_id)  # type: ignore[no-any-return]
 
 
 def _find(items: list[Any], label: str, key: Any, where: str) -> int:
@@ -365,10 +359,7 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
             ScheduleCase(str(item["id"]), str(item["comment"]), tuple(item.get("flags", [])), dict(item.get("hyper", {})))
         )
     spec = ScheduleSpec(**{**spec.__dict__, "cases": tuple(cases)})
-    for extra in spec.extra_combos:
-        spec.full_variant(extra, f"{where}, golden.extra_combos")
-    for combo in spec.all_combos():
-        spec.resolve(combo)
+    spec.resolve_every_combination()
     return spec
 
 

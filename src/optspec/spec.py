@@ -161,6 +161,7 @@ class CaseSpec:
 class Spec(SpecDeclarations):
     """One update rule as declared in its TOML file."""
 
+    kind = "rule"
     name: str
     title: str
     doc: str
@@ -174,20 +175,13 @@ class Spec(SpecDeclarations):
     path: str
     sha256: str
 
-    @property
-    def where(self) -> str:
-        return f"{self.path}: rule {self.name!r}"
-
     def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedRule:
         """Apply the variant's edits to the step and check the result."""
         full = self.full_variant(variant)
         return ResolvedRule(self, full, *_apply_variant(self, full))
 
     def case(self, case_id: str) -> CaseSpec:
-        for case in self.cases:
-            if case.id == case_id:
-                return case
-        raise SpecError(self.where, f"no case {case_id!r} (cases: {', '.join(c.id for c in self.cases)})")
+        return super().case(case_id)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -634,20 +628,15 @@ def _check_init_cycles(spec: Spec, state: Mapping[str, StateSlot], label: str) -
 
 def _check_whole(spec: Spec) -> None:
     """Checks over every knob combination: each must resolve, and every hyperparameter is read."""
-    combos = spec.all_combos()
-    if len(combos) > 4096:
-        raise SpecError(spec.where, f"{len(combos)} knob combinations; at most 4096 are supported")
     read: set[str] = set()
-    for combo in combos:
-        read |= spec.resolve(combo).reads
+    for resolved in spec.resolve_every_combination():
+        read |= resolved.reads
     for case in spec.cases:
         if case.lr_multiplier is not None:
             read.add("t")
     unused = [h for h in spec.hyper if h not in read]
     if unused:
         raise SpecError(spec.where, f"hyperparameter {unused[0]!r} is never used by any equation of any variant")
-    for extra in spec.extra_combos:
-        spec.full_variant(extra)
 
 
 # --------------------------------------------------------------------------- library
