@@ -68,7 +68,7 @@ class CaseInputs:
     params: tuple[np.ndarray, ...]
     grads: tuple[np.ndarray, ...]
     lr_multipliers: np.ndarray
-    #: the schedule spec that produced ``lr_multipliers`` (an optspec.schedule_spec.ScheduleRef), if any:
+    #: the schedule spec that produced ``lr_multipliers`` (an optspec.schedules.ScheduleRef), if any:
     #: adapters then drive the library's own scheduler instead of writing eta * s_t
     schedule: Any = None
 
