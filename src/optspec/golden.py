@@ -184,7 +184,7 @@ def generate_many(specs: Sequence[Spec], pool: Executor | None = None) -> list[G
                 lr_multiplier=case.lr_multiplier_text,
                 expected={step: ref64[step] for step in record},
                 atol=atol,
-                schedule=None if case.schedule is None else case.schedule.as_json(),  # type: ignore[attr-defined]
+                schedule=None if case.schedule is None else case.schedule.as_json(),
             )
         )
     return [GoldenFile(spec.name, spec.sha256, tuple(tests[spec.name]), f"conformance/golden/{spec.name}.json") for spec in specs]
@@ -221,7 +221,7 @@ def _check_finite(spec: Spec, name: str, trajectory: Trajectory, what: str) -> N
                     )
 
 
-# --------------------------------------------------------------------------- JSON encoding
+# --------------------------------------------------------------------------- the rule document
 
 
 def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
