@@ -17,9 +17,13 @@ full report is printed in the terminal summary when anything failed (or with ``-
 by ``# reason``; blank lines and lines starting with ``#`` are ignored. Every matching test is
 marked ``xfail`` (strict or not as the ``xfail_strict`` ini option says); an id that matches no
 test is a warning. ``--optspec-variant``, ``--optspec-map``, ``--optspec-kwarg``,
-``--optspec-hyper``, ``--optspec-inner``, ``--optspec-timeout`` and
+``--optspec-hyper``, ``--optspec-specs``, ``--optspec-inner``, ``--optspec-timeout`` and
 ``--optspec-no-behaviour`` are the options of ``optspec check`` and apply to every
 ``--optspec`` target.
+
+``--optspec-bench RULE=MODULE:ATTR`` (with ``--optspec-bench-set``, ``-impl``, ``-dtype``) feeds
+the pytest-benchmark suite :mod:`optspec.bench_suite` (``pytest --pyargs optspec.bench_suite``,
+what ``optspec bench`` runs); the variant, map, kwarg, hyper and specs options apply to it too.
 
 Without ``--optspec`` the plugin only registers its options: this module imports nothing but
 pytest, and every hook returns at once, so other test runs are neither slowed nor changed.
@@ -55,6 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("map", "SPEC=THEIRS", "the target's keyword for a spec hyperparameter"),
         ("kwarg", "NAME=VALUE", "a constructor argument the spec does not model (a Python literal)"),
         ("hyper", "NAME=VALUE", "override a hyperparameter in every case"),
+        ("specs", "DIR", "an extra directory of rule specs"),
     ):
         group.addoption(
             f"--optspec-{name}", action="append", default=[], metavar=metavar, help=f"{what} (repeatable; every --optspec)"
@@ -62,6 +67,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--optspec-inner", default=None, metavar="MODULE:ATTR", help="the inner optimizer of a wrapper")
     group.addoption("--optspec-timeout", type=float, default=60.0, metavar="SECONDS", help="time limit of each run (default 60)")
     group.addoption("--optspec-no-behaviour", action="store_true", help="skip the behavioural checks")
+    group.addoption(
+        "--optspec-bench",
+        action="append",
+        default=[],
+        metavar="RULE=MODULE:ATTR",
+        help="time MODULE:ATTR's step against torch.optim and optax (with --pyargs optspec.bench_suite; repeatable)",
+    )
+    for name, metavar, what in (
+        ("set", "NAME", "a parameter set of asv_bench/benchmarks/param_sets.json (default: all)"),
+        ("impl", "NAME", "target, torch.for-loop, torch.foreach, torch.fused or optax.jit (default: all)"),
+        ("dtype", "NAME", "float32 or bf16-fp32state (default: float32)"),
+    ):
+        group.addoption(f"--optspec-bench-{name}", action="append", default=[], metavar=metavar, help=f"{what} (repeatable)")
     group.addoption(
         "--optspec-xfails",
         default=None,
@@ -183,6 +201,7 @@ def _check(config: pytest.Config, rule: str, target: str) -> CheckReport:
             inner=config.getoption("optspec_inner"),
             timeout=config.getoption("optspec_timeout"),
             behaviour=not config.getoption("optspec_no_behaviour"),
+            specs=config.getoption("optspec_specs"),
         )
     except OptspecError as exc:
         raise pytest.UsageError(f"--optspec {rule}={target}: {exc}") from None
