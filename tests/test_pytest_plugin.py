@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -21,36 +21,8 @@ from optspec.testing import assert_conforms, check_target
 
 pytest_plugins = ["pytester"]
 
-#: torch.optim.Adam under AdamW's name: torch's Adam adds weight_decay * theta to the gradient
-#: (coupled L2 decay, torch/optim/adam.py:426-428 in torch 2.13: grad = grad.add(param, alpha=weight_decay)),
-#: where AdamW decays theta directly, so every case with weight decay fails and the diagnosis names adam.
-BROKEN_ADAMW = textwrap.dedent(
-    '''
-    """An AdamW with a planted bug: the weight decay is coupled (L2 through the moments)."""
-    import torch
-
-
-    class BrokenAdamW(torch.optim.Adam):
-        def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False):
-            super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
-    '''
-)
-
-
-#: torch.optim.SGD that accepts weight_decay and drops it (torch.optim.SGD applies it as
-#: grad + weight_decay * theta, torch/optim/sgd.py:353-355 in torch 2.13), so cases with decay fail.
-BROKEN_SGD = textwrap.dedent(
-    '''
-    """An SGD with a planted bug: weight_decay is accepted and ignored."""
-    import torch
-
-
-    class BrokenSGD(torch.optim.SGD):
-        def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False):
-            super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=0.0, nesterov=nesterov,
-                             maximize=maximize)
-    '''
-)
+#: the planted optimizers (tests/fixtures/planted.py), written into each temporary project as planted.py
+PLANTED = (Path(__file__).parent / "fixtures" / "planted.py").read_text()
 
 
 def test_plugin_is_inert_without_the_option(pytester: pytest.Pytester) -> None:
@@ -87,27 +59,27 @@ def test_torch_adamw_passes_one_test_per_case_dtype_and_behaviour(pytester: pyte
 
 
 def test_a_broken_adamw_fails_readably(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(brokenadamw=BROKEN_ADAMW)
-    result = pytester.runpytest("-p", "no:randomly", "--optspec", "adamw=brokenadamw:BrokenAdamW", "--optspec-no-behaviour")
+    pytester.makepyfile(planted=PLANTED)
+    result = pytester.runpytest("-p", "no:randomly", "--optspec", "adamw=planted:BrokenAdamW", "--optspec-no-behaviour")
     text = "\n".join(result.outlines)
     assert result.ret == 1, f"the planted coupled-decay AdamW must fail:\n{text}"
-    assert "FAILED optspec[adamw=brokenadamw:BrokenAdamW]::knobs-float64" in text, text
-    flag_row = "FAILED optspec[adamw=brokenadamw:BrokenAdamW]::scheduled(maximize=on)-float64"
+    assert "FAILED optspec[adamw=planted:BrokenAdamW]::knobs-float64" in text, text
+    flag_row = "FAILED optspec[adamw=planted:BrokenAdamW]::scheduled(maximize=on)-float64"
     assert flag_row in text, f"flag rows are tests:\n{text}"
-    assert "FAIL case knobs (float64): adamw x brokenadamw:BrokenAdamW" in text, f"the failure states the row:\n{text}"
+    assert "FAIL case knobs (float64): adamw x planted:BrokenAdamW" in text, f"the failure states the row:\n{text}"
     assert "diagnosis: behaves like adam" in text, f"the failure carries the diagnosis:\n{text}"
-    assert "verdict: brokenadamw:BrokenAdamW does NOT conform to adamw" in text, text
+    assert "verdict: planted:BrokenAdamW does NOT conform to adamw" in text, text
     assert "Traceback" not in text and "site-packages" not in text, f"a verdict is a message, not a traceback:\n{text}"
 
 
 def test_the_xfails_file_accepts_deviations(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(brokensgd=BROKEN_SGD)
-    args = ("-p", "no:randomly", "--optspec", "sgd=brokensgd:BrokenSGD", "--optspec-no-behaviour")
+    pytester.makepyfile(planted=PLANTED)
+    args = ("-p", "no:randomly", "--optspec", "sgd=planted:BrokenSGD", "--optspec-no-behaviour", "--optspec-dtype", "float64")
     result = pytester.runpytest(*args)
     text = "\n".join(result.outlines)
     assert result.ret == 1, f"the planted SGD that ignores weight_decay must fail:\n{text}"
     failed = sorted(line.split()[1] for line in result.outlines if line.startswith("FAILED "))
-    assert failed and any("-float64" in t for t in failed), text
+    assert failed and all(t.endswith("-float64") for t in failed), f"--optspec-dtype float64 runs float64 only:\n{text}"
 
     # The author accepts these deviations: an xfails file lists them (array-api-tests' format).
     pytester.makefile(".txt", xfails="# accepted deviations\n" + "\n".join(f"{t}  # coupled decay, on purpose" for t in failed))
@@ -131,17 +103,15 @@ def test_bad_input_is_one_line(pytester: pytest.Pytester) -> None:
     assert "--optspec-xfails missing.txt: cannot read it" in "\n".join(result.errlines), result.errlines
 
 
-def test_assert_conforms_raises_with_the_report(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "brokenadamw.py").write_text(BROKEN_ADAMW)
+def test_assert_conforms_raises_with_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "planted.py").write_text(PLANTED)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(AssertionError) as raised:
-        assert_conforms("adamw", "brokenadamw:BrokenAdamW", behaviour=False)
+        assert_conforms("sgd", "planted:BrokenSGD", behaviour=False, dtypes=("float64",))
     message = str(raised.value)
-    assert message.startswith("optspec check adamw brokenadamw:BrokenAdamW"), message
-    assert "FAIL case knobs (float64)" in message and "diagnosis: behaves like adam" in message, message
-    assert message.rstrip().endswith("does NOT conform to adamw (decay_scale=lr,amsgrad=off,maximize=off)") or (
-        "does NOT conform to adamw" in message.splitlines()[-1]
-    ), message
+    assert message.startswith("optspec check sgd planted:BrokenSGD"), f"the message is the report:\n{message}"
+    assert "FAIL case " in message and "\ndiagnosis: " in message, f"the report's failures and diagnosis:\n{message}"
+    assert message.splitlines()[-1].startswith("verdict: planted:BrokenSGD does NOT conform to sgd"), message
 
 
 def test_assert_conforms_takes_python_values() -> None:

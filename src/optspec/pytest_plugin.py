@@ -17,7 +17,7 @@ full report is printed in the terminal summary when anything failed (or with ``-
 by ``# reason``; blank lines and lines starting with ``#`` are ignored. Every matching test is
 marked ``xfail`` (strict or not as the ``xfail_strict`` ini option says); an id that matches no
 test is a warning. ``--optspec-variant``, ``--optspec-map``, ``--optspec-kwarg``,
-``--optspec-hyper``, ``--optspec-specs``, ``--optspec-inner``, ``--optspec-timeout`` and
+``--optspec-hyper``, ``--optspec-specs``, ``--optspec-dtype``, ``--optspec-inner``, ``--optspec-timeout`` and
 ``--optspec-no-behaviour`` are the options of ``optspec check`` and apply to every
 ``--optspec`` target.
 
@@ -60,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("kwarg", "NAME=VALUE", "a constructor argument the spec does not model (a Python literal)"),
         ("hyper", "NAME=VALUE", "override a hyperparameter in every case"),
         ("specs", "DIR", "an extra directory of rule specs"),
+        ("dtype", "DTYPE", "float64 or float32 (default: both)"),
     ):
         group.addoption(
             f"--optspec-{name}", action="append", default=[], metavar=metavar, help=f"{what} (repeatable; every --optspec)"
@@ -187,9 +188,14 @@ def _verdict(report: CheckReport) -> str:
 
 
 def _check(config: pytest.Config, rule: str, target: str) -> CheckReport:
+    from optspec.checking.runner import DTYPES
     from optspec.errors import OptspecError
     from optspec.testing import check_target
 
+    dtypes = config.getoption("optspec_dtype")
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise pytest.UsageError(f"--optspec-dtype {dtype}: must be one of {', '.join(DTYPES)}")
     try:
         return check_target(
             rule,
@@ -202,6 +208,7 @@ def _check(config: pytest.Config, rule: str, target: str) -> CheckReport:
             timeout=config.getoption("optspec_timeout"),
             behaviour=not config.getoption("optspec_no_behaviour"),
             specs=config.getoption("optspec_specs"),
+            **({"dtypes": tuple(dtypes)} if dtypes else {}),
         )
     except OptspecError as exc:
         raise pytest.UsageError(f"--optspec {rule}={target}: {exc}") from None
