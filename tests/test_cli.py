@@ -22,7 +22,7 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_commands() -> None:
     result = _run("--help")
     assert result.returncode == 0
-    for command in ("list", "golden", "validate", "run"):
+    for command in ("list", "golden", "validate", "run", "check", "bench"):
         assert command in result.stdout, f"`optspec --help` does not list {command!r}"
 
 

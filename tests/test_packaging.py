@@ -30,5 +30,13 @@ def test_wheel_contents(tmp_path: Path) -> None:
         "optspec/impls/torch_optim.py",
         "optspec/specs/spec.schema.json",
         "optspec/cli.py",
+        # optspec bench's timed bodies (asv_bench/benchmarks, shared with asv), the pytest plugin and its entry point
+        "optspec/benchmarks/bodies.py",
+        "optspec/benchmarks/param_sets.json",
+        "optspec/bench_suite.py",
+        "optspec/pytest_plugin.py",
     ):
         assert required in names, f"{required} is not shipped"
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[pytest11]\noptspec = optspec.pytest_plugin" in text, f"no pytest11 entry point in the wheel:\n{text}"

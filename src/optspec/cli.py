@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "optspec.commands.run",
     "optspec.commands.check",
     "optspec.commands.report",
+    "optspec.commands.bench",
 )
 
 

@@ -7,10 +7,12 @@ Exit 0 when it conforms, 1 when it does not (with a diagnosis of what it does in
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
 from optspec.commands import add_spec_options, check_output_file, library_from, write_failed
+from optspec.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the full result as JSON (atomically)")
     parser.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write one self-contained page: error-versus-step plot, cases and diagnosis (atomically; needs matplotlib)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=60.0,
@@ -69,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
     valid_timeout(args.timeout)
     check_output_file(args.json, "--json")
+    check_output_file(args.html, "--html")
+    if args.html is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(f"--html {args.html}: the plot needs matplotlib; pip install 'optspec[report]'")
     report = check(
         args.rule,
         args.target,
@@ -88,4 +100,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise write_failed(args.json, exc) from None
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.html is not None:
+        from optspec.check_page import write_page
+
+        try:
+            write_page(report, args.html)
+        except OSError as exc:
+            raise write_failed(args.html, exc) from None
+        print(f"wrote {args.html}", file=sys.stderr)
     return report.exit_code
