@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "optspec"
 
 #: Layer of each module (higher imports lower, never the reverse; equal layers may import each
-#: other as long as there is no cycle). A module missing here (a new one) is only checked for cycles.
+#: other as long as there is no cycle). A module missing here fails test_every_module_has_a_layer.
 LAYERS: Mapping[str, int] = {
     "optspec": 0,
     "optspec.errors": 0,
@@ -38,6 +38,10 @@ LAYERS: Mapping[str, int] = {
     "optspec.schedules": 5,
     "optspec.checking": 5,
     "optspec.report": 5,
+    "optspec.check_page": 5,
+    "optspec.testing": 6,
+    "optspec.pytest_plugin": 6,
+    "optspec.bench_suite": 6,
     "optspec.commands": 6,
     "optspec.cli": 6,
 }
@@ -189,3 +193,8 @@ def test_layers_import_only_downward() -> None:
         "imports that point up the layers (expr -> spec -> reference -> error model -> golden -> checking -> commands): "
         + "; ".join(upward)
     )
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted(module for module in _modules() if _layer(module) is None)
+    assert not unplaced, f"modules of src/optspec with no layer in LAYERS (add each where it belongs): {unplaced}"
