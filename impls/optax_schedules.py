@@ -161,14 +161,15 @@ class OptaxSchedule:
         with jax.enable_x64(dtype == "float64"):
             jdtype = jnp.float64 if dtype == "float64" else jnp.float32
             try:
-                fn = binding.build(test.hyper, variant)
-                tx = _optax().scale_by_schedule(fn)
+                built = binding.build(test.hyper, variant)
+                tx = built if binding.transformation else _optax().scale_by_schedule(built)
                 one = jnp.ones((), dtype=jdtype)
                 state = tx.init(one)
                 update = jax.jit(tx.update)
                 lrs = []
-                for _ in range(test.count):
-                    scaled, state = update(one, state)
+                for n in range(test.count):
+                    fed = {kw: jnp.asarray(test.inputs[name][n], dtype=jdtype) for name, kw in binding.step_inputs.items()}
+                    scaled, state = update(one, state, **fed)
                     lrs.append(float(np.asarray(scaled, dtype=np.float64)))
             except Exception as exc:
                 raise AdapterError(f"{binding.target}: raised {type(exc).__name__}: {exc}") from None
@@ -183,6 +184,8 @@ def build_optax_schedule(name: str, variant: Mapping[str, str], hyper: Mapping[s
     binding = BINDINGS.get(name)
     if binding is None:
         raise AdapterError(f"optax has no binding for schedule {name!r}")
+    if binding.transformation:
+        raise AdapterError(f"{binding.target} is a transformation fed a loss, not a learning-rate schedule")
     variant = implemented_variant(binding, OptaxSchedule.name, variant)
     for requirement in binding.requires:
         if not requirement.holds(hyper):

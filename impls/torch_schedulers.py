@@ -202,10 +202,11 @@ class TorchScheduler:
                 momenta.append(float(group["betas"][0]))
             param.grad = torch.zeros_like(param)
             optimizer.step()
+            fed = {keyword: test.inputs[name][n] for name, keyword in binding.step_inputs.items()}
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    scheduler.step()
+                    scheduler.step(**fed)
             except ValueError as exc:
                 return ScheduleRun(_values(lrs, momenta, cycles), refused_at=n + 1, refusal=f"ValueError: {exc}")
             except Exception as exc:

@@ -263,3 +263,49 @@ def test_every_schedule_variant_pair_is_discriminated(schedule: str, knob: str, 
     assert best >= 100, (
         f"{schedule}: {knob}={a} and {knob}={b} are separated by only {best:.3g}x the float32 budget (best: {where})"
     )
+
+
+# --------------------------------------------------------------------------- carried state and input sequences
+
+_STATEFUL_TOML = """
+name = "counter"
+title = "t"
+references = [ { title = "t" } ]
+horizon = "T"
+state = [ "c = 0" ]
+phases = [ { label = "all", lr = "lr * c" } ]
+next = [ "c = c + step" ]
+
+[hyper.lr]
+default = 1.0
+domain = "[0, inf)"
+doc = "d"
+
+[hyper.T]
+default = 3
+domain = "[1, inf)"
+integer = true
+doc = "d"
+
+[hyper.step]
+default = 2.0
+domain = "(0, inf)"
+doc = "d"
+"""
+
+
+def test_state_carries_across_indices_and_bad_state_is_a_spec_error() -> None:
+    spec = parse_schedule(_STATEFUL_TOML, "<counter>")
+    got = evaluate_schedule(spec.resolve({}), spec.hyper_values({}), 4).lr
+    assert list(got) == [0.0, 2.0, 4.0, 6.0], f"c starts at 0 and grows by step after each index, got {list(got)}"
+    for old, new, message in [
+        ('next = [ "c = c + step" ]', 'next = [ "step = c + 1" ]', "'step' is not a state name"),
+        ('next = [ "c = c + step" ]', 'next = [ "c = c + nosuch" ]', "unknown name 'nosuch'"),
+        ('state = [ "c = 0" ]', 'state = [ "c = n" ]', "state 'c'"),
+    ]:
+        with pytest.raises(SpecError) as info:
+            parse_schedule(_STATEFUL_TOML.replace(old, new), "<counter>")
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(SpecError) as info:
+        parse_schedule(_STATEFUL_TOML + '\n[[cases]]\nid = "x"\ncomment = "c"\ninputs = { loss = [1.0] }\n', "<counter>")
+    assert "unknown input 'loss'" in str(info.value), str(info.value)
