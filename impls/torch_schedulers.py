@@ -78,6 +78,21 @@ def _onecycle(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     )
 
 
+def _cyclic(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    return _lr_scheduler().CyclicLR(
+        opt,
+        base_lr=h["base_lr"],
+        max_lr=h["lr"],
+        step_size_up=int_hyper(h, "step_size_up"),
+        step_size_down=int_hyper(h, "step_size_down"),
+        mode=v["mode"],
+        gamma=h["gamma"],
+        cycle_momentum=True,
+        base_momentum=h["base_momentum"],
+        max_momentum=h["max_momentum"],
+    )
+
+
 def _r(condition: str, reason: str) -> Requirement:
     return Requirement(condition, reason)
 
@@ -163,6 +178,12 @@ BINDINGS: dict[str, ScheduleBinding] = {
             {"warmup_form": _FROM_START},
             _warmup_exponential,
             _WARMUP_FACTOR,
+        ),
+        ScheduleBinding(
+            "cyclic",
+            "torch.optim.lr_scheduler.CyclicLR",
+            {"mode": frozenset({"triangular", "triangular2", "exp_range"})},
+            _cyclic,
         ),
     )
 }
