@@ -185,6 +185,12 @@ BINDINGS: dict[str, ScheduleBinding] = {
             {"mode": frozenset({"triangular", "triangular2", "exp_range"})},
             _cyclic,
         ),
+        ScheduleBinding(
+            "multiplicative",
+            "torch.optim.lr_scheduler.MultiplicativeLR",
+            {},
+            lambda o, h, v: _lr_scheduler().MultiplicativeLR(o, lambda n, factor=h["factor"]: factor),
+        ),
     )
 }
 
