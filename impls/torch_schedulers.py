@@ -93,6 +93,12 @@ def _cyclic(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     )
 
 
+def _chained(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    s = _lr_scheduler()
+    warmup = s.LinearLR(opt, start_factor=h["start_factor"], end_factor=1.0, total_iters=int_hyper(h, "warmup_steps"))
+    return s.ChainedScheduler([warmup, s.ExponentialLR(opt, gamma=h["gamma"])], optimizer=opt)
+
+
 def _r(condition: str, reason: str) -> Requirement:
     return Requirement(condition, reason)
 
@@ -190,6 +196,12 @@ BINDINGS: dict[str, ScheduleBinding] = {
             "torch.optim.lr_scheduler.MultiplicativeLR",
             {},
             lambda o, h, v: _lr_scheduler().MultiplicativeLR(o, lambda n, factor=h["factor"]: factor),
+        ),
+        ScheduleBinding(
+            "chained",
+            "torch.optim.lr_scheduler.ChainedScheduler(LinearLR, ExponentialLR)",
+            {},
+            _chained,
         ),
     )
 }
