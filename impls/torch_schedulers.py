@@ -99,6 +99,12 @@ def _chained(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     return s.ChainedScheduler([warmup, s.ExponentialLR(opt, gamma=h["gamma"])], optimizer=opt)
 
 
+def _swalr(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    from torch.optim.swa_utils import SWALR
+
+    return SWALR(opt, swa_lr=h["swa_lr"], anneal_epochs=int_hyper(h, "anneal_epochs"), anneal_strategy=v["anneal"])
+
+
 def _r(condition: str, reason: str) -> Requirement:
     return Requirement(condition, reason)
 
@@ -202,6 +208,12 @@ BINDINGS: dict[str, ScheduleBinding] = {
             "torch.optim.lr_scheduler.ChainedScheduler(LinearLR, ExponentialLR)",
             {},
             _chained,
+        ),
+        ScheduleBinding(
+            "swalr",
+            "torch.optim.swa_utils.SWALR",
+            {"anneal": frozenset({"cos", "linear"})},
+            _swalr,
         ),
     )
 }
