@@ -63,6 +63,11 @@ def _warmup_exponential(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     return o.join_schedules(parts, [int_hyper(h, "warmup_steps")])
 
 
+def _piecewise_interpolate(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    scales = {int_hyper(h, "b1"): h["s1"], int_hyper(h, "b2"): h["s2"]}
+    return _optax().piecewise_interpolate_schedule(v["interpolate"], h["lr"], scales)
+
+
 #: linear_schedule evaluates (init - end)(1 - n / T)^1 + end: the spec's from_end form.
 _FROM_END = frozenset({"from_end"})
 
@@ -137,6 +142,13 @@ BINDINGS: dict[str, ScheduleBinding] = {
             "optax.join_schedules(linear, exponential_decay)",
             {"warmup_form": _FROM_END},
             _warmup_exponential,
+        ),
+        ScheduleBinding(
+            "piecewise_interpolate",
+            "optax.piecewise_interpolate_schedule",
+            {"interpolate": frozenset({"linear", "cosine"})},
+            _piecewise_interpolate,
+            (Requirement("b1 < b2", "piecewise_interpolate_schedule takes a dict: equal boundaries collapse"),),
         ),
     )
 }
