@@ -150,6 +150,12 @@ BINDINGS: dict[str, ScheduleBinding] = {
             _piecewise_interpolate,
             (Requirement("b1 < b2", "piecewise_interpolate_schedule takes a dict: equal boundaries collapse"),),
         ),
+        ScheduleBinding(
+            "warmup_constant",
+            "optax.warmup_constant_schedule",
+            {"warmup_form": _FROM_END},
+            lambda h, v: _optax().warmup_constant_schedule(h["init_value"], h["lr"], int_hyper(h, "warmup_steps")),
+        ),
     )
 }
 

@@ -215,6 +215,15 @@ BINDINGS: dict[str, ScheduleBinding] = {
             {"anneal": frozenset({"cos", "linear"})},
             _swalr,
         ),
+        ScheduleBinding(
+            "warmup_constant",
+            "torch.optim.lr_scheduler.LinearLR(init_value / lr, 1.0, warmup_steps)",
+            {"warmup_form": _FROM_START},
+            lambda o, h, v: _lr_scheduler().LinearLR(
+                o, start_factor=h["init_value"] / h["lr"], end_factor=1.0, total_iters=int_hyper(h, "warmup_steps")
+            ),
+            _WARMUP_FACTOR,
+        ),
     )
 }
 
