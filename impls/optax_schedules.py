@@ -63,6 +63,16 @@ def _warmup_exponential(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     return o.join_schedules(parts, [int_hyper(h, "warmup_steps")])
 
 
+def _sgdr(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    """``cycles`` warm-up-free cosine decays of lengths T_0, T_0 T_mult, ... joined."""
+    t0, mult = int_hyper(h, "T_0"), int_hyper(h, "T_mult")
+    cycles = [
+        {"init_value": h["lr"], "peak_value": h["lr"], "warmup_steps": 0, "decay_steps": t0 * mult**k, "end_value": h["eta_min"]}
+        for k in range(int_hyper(h, "cycles"))
+    ]
+    return _optax().sgdr_schedule(cycles)
+
+
 def _piecewise_interpolate(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     scales = {int_hyper(h, "b1"): h["s1"], int_hyper(h, "b2"): h["s2"]}
     return _optax().piecewise_interpolate_schedule(v["interpolate"], h["lr"], scales)
@@ -143,6 +153,7 @@ BINDINGS: dict[str, ScheduleBinding] = {
             {"warmup_form": _FROM_END},
             _warmup_exponential,
         ),
+        ScheduleBinding("sgdr", "optax.sgdr_schedule", {"past_end": frozenset({"hold"})}, _sgdr),
         ScheduleBinding(
             "piecewise_interpolate",
             "optax.piecewise_interpolate_schedule",

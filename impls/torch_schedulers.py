@@ -198,6 +198,14 @@ BINDINGS: dict[str, ScheduleBinding] = {
             _cyclic,
         ),
         ScheduleBinding(
+            "sgdr",
+            "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts",
+            {"past_end": frozenset({"restart"})},
+            lambda o, h, v: _lr_scheduler().CosineAnnealingWarmRestarts(
+                o, T_0=int_hyper(h, "T_0"), T_mult=int_hyper(h, "T_mult"), eta_min=h["eta_min"]
+            ),
+        ),
+        ScheduleBinding(
             "multiplicative",
             "torch.optim.lr_scheduler.MultiplicativeLR",
             {},

@@ -309,3 +309,14 @@ def test_state_carries_across_indices_and_bad_state_is_a_spec_error() -> None:
     with pytest.raises(SpecError) as info:
         parse_schedule(_STATEFUL_TOML + '\n[[cases]]\nid = "x"\ncomment = "c"\ninputs = { loss = [1.0] }\n', "<counter>")
     assert "unknown input 'loss'" in str(info.value), str(info.value)
+
+
+def test_sgdr_restarts_at_cumulative_cycle_lengths() -> None:
+    """T_0 = 10, T_mult = 2: restarts at 10, 30, 70 (torch keeps restarting; optax holds eta_min after 3 cycles)."""
+    restart = values("sgdr")
+    hold = values("sgdr", {"past_end": "hold"})
+    for n in (0, 10, 30, 70):
+        assert restart[n] == 0.1, f"index {n} starts a cycle, lr {restart[n]} != 0.1"
+    assert restart[9] == pytest.approx(0.05 * (1 + np.cos(np.pi * 9 / 10)), rel=1e-15), "T_cur = 9 of T_i = 10"
+    assert restart[50] == pytest.approx(0.05 * (1 + np.cos(np.pi * 20 / 40)), rel=1e-15), "T_cur = 20 of T_i = 40"
+    assert np.all(hold[70:] == 0.0) and np.array_equal(hold[:70], restart[:70]), "hold parts from restart at n = 70 only"
