@@ -78,6 +78,23 @@ def _piecewise_interpolate(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     return _optax().piecewise_interpolate_schedule(v["interpolate"], h["lr"], scales)
 
 
+def _plateau(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    """reduce_on_plateau scaling the update, then optax.scale(lr): the update is lr * scale."""
+    o = _optax()
+    from optax import contrib
+
+    plateau = contrib.reduce_on_plateau(
+        factor=h["factor"],
+        patience=int_hyper(h, "patience"),
+        rtol=h["rtol"],
+        atol=h["atol"],
+        cooldown=int_hyper(h, "cooldown"),
+        accumulation_size=1,
+        min_scale=h["min_lr"] / h["lr"],
+    )
+    return o.chain(plateau, o.scale(h["lr"]))
+
+
 #: linear_schedule evaluates (init - end)(1 - n / T)^1 + end: the spec's from_end form.
 _FROM_END = frozenset({"from_end"})
 
@@ -166,6 +183,15 @@ BINDINGS: dict[str, ScheduleBinding] = {
             "optax.warmup_constant_schedule",
             {"warmup_form": _FROM_END},
             lambda h, v: _optax().warmup_constant_schedule(h["init_value"], h["lr"], int_hyper(h, "warmup_steps")),
+        ),
+        ScheduleBinding(
+            "reduce_on_plateau",
+            "optax.contrib.reduce_on_plateau",
+            {"convention": frozenset({"optax"}), "timing": frozenset({"same_step"})},
+            _plateau,
+            (Requirement("rtol + atol > 0", "reduce_on_plateau rejects rtol = atol = 0"),),
+            step_inputs={"loss": "value"},
+            transformation=True,
         ),
     )
 }

@@ -105,6 +105,21 @@ def _swalr(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     return SWALR(opt, swa_lr=h["swa_lr"], anneal_epochs=int_hyper(h, "anneal_epochs"), anneal_strategy=v["anneal"])
 
 
+def _plateau(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    relative = h["atol"] == 0
+    return _lr_scheduler().ReduceLROnPlateau(
+        opt,
+        mode="min",
+        factor=h["factor"],
+        patience=int_hyper(h, "patience"),
+        threshold=h["rtol"] if relative else h["atol"],
+        threshold_mode="rel" if relative else "abs",
+        cooldown=int_hyper(h, "cooldown"),
+        min_lr=h["min_lr"],
+        eps=h["eps"],
+    )
+
+
 def _r(condition: str, reason: str) -> Requirement:
     return Requirement(condition, reason)
 
@@ -231,6 +246,14 @@ BINDINGS: dict[str, ScheduleBinding] = {
                 o, start_factor=h["init_value"] / h["lr"], end_factor=1.0, total_iters=int_hyper(h, "warmup_steps")
             ),
             _WARMUP_FACTOR,
+        ),
+        ScheduleBinding(
+            "reduce_on_plateau",
+            "torch.optim.lr_scheduler.ReduceLROnPlateau",
+            {"convention": frozenset({"torch"}), "timing": frozenset({"next_step"})},
+            _plateau,
+            (_r("rtol * atol == 0", "ReduceLROnPlateau takes one threshold, relative (rel) or absolute (abs), not both"),),
+            step_inputs={"loss": "metrics"},
         ),
     )
 }
