@@ -63,6 +63,38 @@ def _warmup_exponential(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     return o.join_schedules(parts, [int_hyper(h, "warmup_steps")])
 
 
+def _sgdr(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    """``cycles`` warm-up-free cosine decays of lengths T_0, T_0 T_mult, ... joined."""
+    t0, mult = int_hyper(h, "T_0"), int_hyper(h, "T_mult")
+    cycles = [
+        {"init_value": h["lr"], "peak_value": h["lr"], "warmup_steps": 0, "decay_steps": t0 * mult**k, "end_value": h["eta_min"]}
+        for k in range(int_hyper(h, "cycles"))
+    ]
+    return _optax().sgdr_schedule(cycles)
+
+
+def _piecewise_interpolate(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    scales = {int_hyper(h, "b1"): h["s1"], int_hyper(h, "b2"): h["s2"]}
+    return _optax().piecewise_interpolate_schedule(v["interpolate"], h["lr"], scales)
+
+
+def _plateau(h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    """reduce_on_plateau scaling the update, then optax.scale(lr): the update is lr * scale."""
+    o = _optax()
+    from optax import contrib
+
+    plateau = contrib.reduce_on_plateau(
+        factor=h["factor"],
+        patience=int_hyper(h, "patience"),
+        rtol=h["rtol"],
+        atol=h["atol"],
+        cooldown=int_hyper(h, "cooldown"),
+        accumulation_size=1,
+        min_scale=h["min_lr"] / h["lr"],
+    )
+    return o.chain(plateau, o.scale(h["lr"]))
+
+
 #: linear_schedule evaluates (init - end)(1 - n / T)^1 + end: the spec's from_end form.
 _FROM_END = frozenset({"from_end"})
 
@@ -138,6 +170,29 @@ BINDINGS: dict[str, ScheduleBinding] = {
             {"warmup_form": _FROM_END},
             _warmup_exponential,
         ),
+        ScheduleBinding("sgdr", "optax.sgdr_schedule", {"past_end": frozenset({"hold"})}, _sgdr),
+        ScheduleBinding(
+            "piecewise_interpolate",
+            "optax.piecewise_interpolate_schedule",
+            {"interpolate": frozenset({"linear", "cosine"})},
+            _piecewise_interpolate,
+            (Requirement("b1 < b2", "piecewise_interpolate_schedule takes a dict: equal boundaries collapse"),),
+        ),
+        ScheduleBinding(
+            "warmup_constant",
+            "optax.warmup_constant_schedule",
+            {"warmup_form": _FROM_END},
+            lambda h, v: _optax().warmup_constant_schedule(h["init_value"], h["lr"], int_hyper(h, "warmup_steps")),
+        ),
+        ScheduleBinding(
+            "reduce_on_plateau",
+            "optax.contrib.reduce_on_plateau",
+            {"convention": frozenset({"optax"}), "timing": frozenset({"same_step"})},
+            _plateau,
+            (Requirement("rtol + atol > 0", "reduce_on_plateau rejects rtol = atol = 0"),),
+            step_inputs={"loss": "value"},
+            transformation=True,
+        ),
     )
 }
 
@@ -161,14 +216,15 @@ class OptaxSchedule:
         with jax.enable_x64(dtype == "float64"):
             jdtype = jnp.float64 if dtype == "float64" else jnp.float32
             try:
-                fn = binding.build(test.hyper, variant)
-                tx = _optax().scale_by_schedule(fn)
+                built = binding.build(test.hyper, variant)
+                tx = built if binding.transformation else _optax().scale_by_schedule(built)
                 one = jnp.ones((), dtype=jdtype)
                 state = tx.init(one)
                 update = jax.jit(tx.update)
                 lrs = []
-                for _ in range(test.count):
-                    scaled, state = update(one, state)
+                for n in range(test.count):
+                    fed = {kw: jnp.asarray(test.inputs[name][n], dtype=jdtype) for name, kw in binding.step_inputs.items()}
+                    scaled, state = update(one, state, **fed)
                     lrs.append(float(np.asarray(scaled, dtype=np.float64)))
             except Exception as exc:
                 raise AdapterError(f"{binding.target}: raised {type(exc).__name__}: {exc}") from None
@@ -183,6 +239,8 @@ def build_optax_schedule(name: str, variant: Mapping[str, str], hyper: Mapping[s
     binding = BINDINGS.get(name)
     if binding is None:
         raise AdapterError(f"optax has no binding for schedule {name!r}")
+    if binding.transformation:
+        raise AdapterError(f"{binding.target} is a transformation fed a loss, not a learning-rate schedule")
     variant = implemented_variant(binding, OptaxSchedule.name, variant)
     for requirement in binding.requires:
         if not requirement.holds(hyper):

@@ -42,6 +42,10 @@ class ScheduleBinding:
     requires: tuple[Requirement, ...] = ()
     #: a whole-variant check for combinations the library lacks: returns the reason or None
     combination: Callable[[Mapping[str, str]], str | None] = field(default=lambda variant: None)
+    #: input name -> the keyword that feeds its value at index n to the library's step (a loss)
+    step_inputs: Mapping[str, str] = field(default_factory=dict)
+    #: optax: ``build`` returns a GradientTransformationExtraArgs scaling the update, not a schedule
+    transformation: bool = False
 
 
 @dataclass(frozen=True)

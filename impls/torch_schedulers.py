@@ -78,6 +78,48 @@ def _onecycle(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     )
 
 
+def _cyclic(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    return _lr_scheduler().CyclicLR(
+        opt,
+        base_lr=h["base_lr"],
+        max_lr=h["lr"],
+        step_size_up=int_hyper(h, "step_size_up"),
+        step_size_down=int_hyper(h, "step_size_down"),
+        mode=v["mode"],
+        gamma=h["gamma"],
+        cycle_momentum=True,
+        base_momentum=h["base_momentum"],
+        max_momentum=h["max_momentum"],
+    )
+
+
+def _chained(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    s = _lr_scheduler()
+    warmup = s.LinearLR(opt, start_factor=h["start_factor"], end_factor=1.0, total_iters=int_hyper(h, "warmup_steps"))
+    return s.ChainedScheduler([warmup, s.ExponentialLR(opt, gamma=h["gamma"])], optimizer=opt)
+
+
+def _swalr(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    from torch.optim.swa_utils import SWALR
+
+    return SWALR(opt, swa_lr=h["swa_lr"], anneal_epochs=int_hyper(h, "anneal_epochs"), anneal_strategy=v["anneal"])
+
+
+def _plateau(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
+    relative = h["atol"] == 0
+    return _lr_scheduler().ReduceLROnPlateau(
+        opt,
+        mode="min",
+        factor=h["factor"],
+        patience=int_hyper(h, "patience"),
+        threshold=h["rtol"] if relative else h["atol"],
+        threshold_mode="rel" if relative else "abs",
+        cooldown=int_hyper(h, "cooldown"),
+        min_lr=h["min_lr"],
+        eps=h["eps"],
+    )
+
+
 def _r(condition: str, reason: str) -> Requirement:
     return Requirement(condition, reason)
 
@@ -164,6 +206,55 @@ BINDINGS: dict[str, ScheduleBinding] = {
             _warmup_exponential,
             _WARMUP_FACTOR,
         ),
+        ScheduleBinding(
+            "cyclic",
+            "torch.optim.lr_scheduler.CyclicLR",
+            {"mode": frozenset({"triangular", "triangular2", "exp_range"})},
+            _cyclic,
+        ),
+        ScheduleBinding(
+            "sgdr",
+            "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts",
+            {"past_end": frozenset({"restart"})},
+            lambda o, h, v: _lr_scheduler().CosineAnnealingWarmRestarts(
+                o, T_0=int_hyper(h, "T_0"), T_mult=int_hyper(h, "T_mult"), eta_min=h["eta_min"]
+            ),
+        ),
+        ScheduleBinding(
+            "multiplicative",
+            "torch.optim.lr_scheduler.MultiplicativeLR",
+            {},
+            lambda o, h, v: _lr_scheduler().MultiplicativeLR(o, lambda n, factor=h["factor"]: factor),
+        ),
+        ScheduleBinding(
+            "chained",
+            "torch.optim.lr_scheduler.ChainedScheduler(LinearLR, ExponentialLR)",
+            {},
+            _chained,
+        ),
+        ScheduleBinding(
+            "swalr",
+            "torch.optim.swa_utils.SWALR",
+            {"anneal": frozenset({"cos", "linear"})},
+            _swalr,
+        ),
+        ScheduleBinding(
+            "warmup_constant",
+            "torch.optim.lr_scheduler.LinearLR(init_value / lr, 1.0, warmup_steps)",
+            {"warmup_form": _FROM_START},
+            lambda o, h, v: _lr_scheduler().LinearLR(
+                o, start_factor=h["init_value"] / h["lr"], end_factor=1.0, total_iters=int_hyper(h, "warmup_steps")
+            ),
+            _WARMUP_FACTOR,
+        ),
+        ScheduleBinding(
+            "reduce_on_plateau",
+            "torch.optim.lr_scheduler.ReduceLROnPlateau",
+            {"convention": frozenset({"torch"}), "timing": frozenset({"next_step"})},
+            _plateau,
+            (_r("rtol * atol == 0", "ReduceLROnPlateau takes one threshold, relative (rel) or absolute (abs), not both"),),
+            step_inputs={"loss": "metrics"},
+        ),
     )
 }
 
@@ -202,10 +293,11 @@ class TorchScheduler:
                 momenta.append(float(group["betas"][0]))
             param.grad = torch.zeros_like(param)
             optimizer.step()
+            fed = {keyword: test.inputs[name][n] for name, keyword in binding.step_inputs.items()}
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    scheduler.step()
+                    scheduler.step(**fed)
             except ValueError as exc:
                 return ScheduleRun(_values(lrs, momenta, cycles), refused_at=n + 1, refusal=f"ValueError: {exc}")
             except Exception as exc:

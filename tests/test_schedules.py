@@ -25,6 +25,7 @@ from optspec.schedules import (
     read_schedule_golden,
     schedule_golden_dir,
     schedule_horizon,
+    schedule_ref,
 )
 from optspec.spec import SpecLibrary, parse_spec
 
@@ -263,3 +264,108 @@ def test_every_schedule_variant_pair_is_discriminated(schedule: str, knob: str, 
     assert best >= 100, (
         f"{schedule}: {knob}={a} and {knob}={b} are separated by only {best:.3g}x the float32 budget (best: {where})"
     )
+
+
+# --------------------------------------------------------------------------- carried state and input sequences
+
+_PLATEAU = "reduce_on_plateau"
+
+
+def _plateau(variant: dict[str, str], losses: list[float], **hyper: float) -> list[float]:
+    spec = LIB.get(_PLATEAU)
+    resolved = spec.resolve(variant)
+    h = spec.hyper_values({"factor": 0.5, "patience": 2, "rtol": 0.1, "cooldown": 0, **hyper})
+    return [float(x) for x in evaluate_schedule(resolved, h, len(losses), inputs={"loss": losses}).lr]
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        # torch cuts after patience + 1 = 3 bad losses (L1, L2, L3) and the cut sets the lr of the next index
+        ({"convention": "torch", "timing": "next_step"}, [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05]),
+        # optax cuts at patience = 2 bad losses (L1, L2) and scales the update that was fed L2
+        ({"convention": "optax", "timing": "same_step"}, [0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125]),
+        ({"convention": "optax", "timing": "next_step"}, [0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025]),
+        ({"convention": "torch", "timing": "same_step"}, [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025]),
+    ],
+    ids=lambda x: ",".join(f"{k}={v}" for k, v in x.items()) if isinstance(x, dict) else "",
+)
+def test_plateau_cut_index_follows_each_convention(variant: dict[str, str], expected: list[float]) -> None:
+    """A flat loss: hand-derived from the definitions (torch bad > patience, optax bad == patience)."""
+    got = _plateau(variant, [1.0] * 7)
+    assert got == pytest.approx(expected, rel=1e-15), f"{variant}: lr {got}, expected {expected} on a flat loss"
+
+
+def test_plateau_cooldown_delays_the_next_count() -> None:
+    """cooldown = 2 after the cut that follows L3: L4 and L5 are not counted, L6-L8 are, so the next cut sets lr[9]."""
+    got = _plateau({"convention": "torch", "timing": "next_step"}, [1.0] * 10, cooldown=2)
+    expected = [0.1] * 4 + [0.05] * 5 + [0.025]
+    assert got == pytest.approx(expected, rel=1e-15), f"cooldown 2: lr {got}, expected {expected}"
+    improving = _plateau({"convention": "torch", "timing": "next_step"}, [1.0, 0.8, 0.6, 0.4, 0.2, 0.1])
+    assert improving == [0.1] * 6, f"losses improving by more than rtol = 10% must never cut, got {improving}"
+
+
+def test_plateau_inputs_are_checked_and_cannot_drive_a_rule() -> None:
+    spec = LIB.get(_PLATEAU)
+    resolved = spec.resolve({})
+    with pytest.raises(SpecError) as info:
+        evaluate_schedule(resolved, spec.hyper_values({}), 7, inputs={"loss": [1.0] * 3})
+    assert "input 'loss'" in str(info.value) and "3 values" in str(info.value), str(info.value)
+    with pytest.raises(SpecError) as info:
+        schedule_ref({"name": _PLATEAU}, 0.1, "case 'x'", LIB)
+    assert "reads the input sequence loss" in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+_STATEFUL_TOML = """
+name = "counter"
+title = "t"
+references = [ { title = "t" } ]
+horizon = "T"
+state = [ "c = 0" ]
+phases = [ { label = "all", lr = "lr * c" } ]
+next = [ "c = c + step" ]
+
+[hyper.lr]
+default = 1.0
+domain = "[0, inf)"
+doc = "d"
+
+[hyper.T]
+default = 3
+domain = "[1, inf)"
+integer = true
+doc = "d"
+
+[hyper.step]
+default = 2.0
+domain = "(0, inf)"
+doc = "d"
+"""
+
+
+def test_state_carries_across_indices_and_bad_state_is_a_spec_error() -> None:
+    spec = parse_schedule(_STATEFUL_TOML, "<counter>")
+    got = evaluate_schedule(spec.resolve({}), spec.hyper_values({}), 4).lr
+    assert list(got) == [0.0, 2.0, 4.0, 6.0], f"c starts at 0 and grows by step after each index, got {list(got)}"
+    for old, new, message in [
+        ('next = [ "c = c + step" ]', 'next = [ "step = c + 1" ]', "'step' is not a state name"),
+        ('next = [ "c = c + step" ]', 'next = [ "c = c + nosuch" ]', "unknown name 'nosuch'"),
+        ('state = [ "c = 0" ]', 'state = [ "c = n" ]', "state 'c'"),
+    ]:
+        with pytest.raises(SpecError) as info:
+            parse_schedule(_STATEFUL_TOML.replace(old, new), "<counter>")
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(SpecError) as info:
+        parse_schedule(_STATEFUL_TOML + '\n[[cases]]\nid = "x"\ncomment = "c"\ninputs = { loss = [1.0] }\n', "<counter>")
+    assert "unknown input 'loss'" in str(info.value), str(info.value)
+
+
+def test_sgdr_restarts_at_cumulative_cycle_lengths() -> None:
+    """T_0 = 10, T_mult = 2: restarts at 10, 30, 70 (torch keeps restarting; optax holds eta_min after 3 cycles)."""
+    restart = values("sgdr")
+    hold = values("sgdr", {"past_end": "hold"})
+    for n in (0, 10, 30, 70):
+        assert restart[n] == 0.1, f"index {n} starts a cycle, lr {restart[n]} != 0.1"
+    assert restart[9] == pytest.approx(0.05 * (1 + np.cos(np.pi * 9 / 10)), rel=1e-15), "T_cur = 9 of T_i = 10"
+    assert restart[50] == pytest.approx(0.05 * (1 + np.cos(np.pi * 20 / 40)), rel=1e-15), "T_cur = 20 of T_i = 40"
+    assert np.all(hold[70:] == 0.0) and np.array_equal(hold[:70], restart[:70]), "hold parts from restart at n = 70 only"

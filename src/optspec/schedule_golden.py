@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -55,6 +55,8 @@ class ScheduleTest:
     expected: Mapping[str, np.ndarray]
     #: atol[profile][output] has one budget per defined index
     atol: Mapping[str, Mapping[str, np.ndarray]]
+    #: input name -> the sequence fed to the schedule (index n reads inputs[name][n])
+    inputs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def defined(self) -> int:
@@ -105,16 +107,16 @@ def generate_schedule(spec: ScheduleSpec) -> ScheduleGoldenFile:
         for case in spec.cases:
             hyper = spec.hyper_values(case.hyper)
             count = 2 * schedule_horizon(resolved, hyper) + 1
-            ref64 = evaluate_schedule(resolved, hyper, count, FLOAT64)
-            ref32 = evaluate_schedule(resolved, hyper, count, FLOAT32)
-            ref32s = evaluate_schedule(resolved, hyper, count, FLOAT32_SCALAR32)
+            ref64 = evaluate_schedule(resolved, hyper, count, FLOAT64, case.inputs)
+            ref32 = evaluate_schedule(resolved, hyper, count, FLOAT32, case.inputs)
+            ref32s = evaluate_schedule(resolved, hyper, count, FLOAT32_SCALAR32, case.inputs)
             name = test_name(spec, variant, case.id)
             if not np.all(np.isfinite(ref64.lr)) or (ref64.momentum is not None and not np.all(np.isfinite(ref64.momentum))):
                 raise GoldenError(f"{spec.path}: case {name}: the float64 schedule is not finite")
             if ref64.defined == 0:
                 raise GoldenError(f"{spec.path}: case {name}: the schedule is undefined at index 0")
             steps = range(1, ref64.defined + 1)
-            exact = evaluate_schedule(resolved, hyper, count, EXTENDED)
+            exact = evaluate_schedule(resolved, hyper, count, EXTENDED, case.inputs)
             lower = {"float64": ref64, "float32": ref32, "float32_scalar32": ref32s}
             per_step = sequence_budgets({p: _as_trajectory(v) for p, v in lower.items()}, _as_trajectory(exact), steps)
             outputs = ["lr"] + (["momentum"] if ref64.momentum is not None else [])
@@ -132,16 +134,21 @@ def generate_schedule(spec: ScheduleSpec) -> ScheduleGoldenFile:
             if non_default:
                 flags.append("NonDefaultVariant")
             tests.append(
-                ScheduleTest(len(tests) + 1, name, case.id, case.comment, tuple(flags), variant, hyper, count, expected, atol)
-            )
+                ScheduleTest(
+                    len(tests) + 1, name, case.id, case.comment, tuple(flags), variant, hyper, count, expected, atol,
+                    dict(case.inputs),
+                )
+            )  # fmt: skip
     return ScheduleGoldenFile(spec.name, spec.sha256, tuple(tests), f"conformance/golden/schedules/{spec.name}.json")
 
 
 def schedule_document(golden: ScheduleGoldenFile, spec: ScheduleSpec) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {}
     for test in golden.tests:
-        key = json.dumps([test.variant, test.hyper], sort_keys=True)
+        key = json.dumps([test.variant, test.hyper, test.inputs], sort_keys=True)
         group = groups.setdefault(key, {"variant": dict(test.variant), "hyper": dict(test.hyper), "tests": []})
+        if test.inputs:
+            group.setdefault("inputs", {name: list(values) for name, values in test.inputs.items()})
         group["tests"].append(
             {
                 "tcId": test.tc_id,
@@ -211,6 +218,7 @@ def read_schedule_golden(path: str | Path, spec: ScheduleSpec | None = None, sho
                     int(item["tcId"]), item["name"], item["case"], item["comment"], tuple(item["flags"]),
                     dict(group["variant"]), {k: float(v) for k, v in group["hyper"].items()},
                     int(item["count"]), expected, atol,
+                    {name: tuple(float(x) for x in v) for name, v in group.get("inputs", {}).items()},
                 )
             )  # fmt: skip
     return ScheduleGoldenFile(doc["schedule"], doc["spec"]["sha256"], tuple(tests), shown)

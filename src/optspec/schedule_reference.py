@@ -8,6 +8,10 @@ name a scalar:
   declaration order (the way Python and JAX fold constants);
 * per index n = 0, 1, ...: the ``let`` locals in order, then the first phase whose ``when``
   holds gives ``lr[n]`` (and ``momentum[n]``); ``prev`` is ``lr[n - 1]`` (NaN at n = 0);
+* ``state`` names start at their initial values (folded in float64, then rounded to
+  ``precision.scalar``); after the phase at index n the ``next`` equations run in order and
+  the state names they assign hold at index n + 1;
+* an ``input`` name is the case's sequence at index n (rounded to ``precision.scalar``);
 * evaluation stops at the first n where ``defined`` fails (the schedule is undefined there).
 
 ``n`` and everything that depends on it are ``precision.scalar``; a schedule driving a rule
@@ -17,7 +21,7 @@ multiplies its lr by s_t = lr[t - 1] / eta (:func:`schedule_multipliers`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,16 +68,41 @@ def schedule_horizon(resolved: ResolvedSchedule, hyper: Mapping[str, float]) -> 
 
 
 def evaluate_schedule(
-    resolved: ResolvedSchedule, hyper: Mapping[str, float], count: int, precision: Precision = FLOAT64
+    resolved: ResolvedSchedule,
+    hyper: Mapping[str, float],
+    count: int,
+    precision: Precision = FLOAT64,
+    inputs: Mapping[str, Sequence[float]] | None = None,
 ) -> ScheduleValues:
     """Values for n = 0 .. count-1, stopping at the first index where ``defined`` fails.
 
     Constants (hyperparameters and derived names) are float64; ``n`` and everything that
     depends on it are ``precision.scalar`` (binary32 for ``float32_scalar32``, JAX's weak
-    typing with an int32 count), so the three precisions feed the error model.
+    typing with an int32 count), so the three precisions feed the error model. ``inputs``
+    gives each declared input sequence (the spec's defaults where omitted); each needs at
+    least ``count`` values.
     """
     consts = schedule_constants(resolved, hyper)
-    kinds: dict[str, str] = {**dict.fromkeys(consts, "scalar"), "n": "scalar", "prev": "scalar"}
+    scalar = precision.scalar
+    spec = resolved.spec
+    series: dict[str, np.ndarray] = {}
+    for name, declared in spec.inputs.items():
+        given = (inputs or {}).get(name, declared.default)
+        if len(given) < count:
+            raise SpecError(f"{spec.where}, input {name!r}", f"{len(given)} values, but {count} indices are evaluated")
+        series[name] = np.asarray(given, dtype=np.float64)
+    state: dict[str, Any] = {}
+    for name, expr in resolved.state:
+        fn, _ = _Compiler(dict.fromkeys(consts, "scalar"), FLOAT64, frozenset(consts)).compile(expr)
+        with np.errstate(all="ignore"):
+            state[name] = scalar(fn(consts))
+    kinds: dict[str, str] = {
+        **dict.fromkeys(consts, "scalar"),
+        **dict.fromkeys(state, "scalar"),
+        **dict.fromkeys(series, "scalar"),
+        "n": "scalar",
+        "prev": "scalar",
+    }
     frozen = frozenset(consts)
     lets = []
     for item in resolved.let:
@@ -89,12 +118,18 @@ def evaluate_schedule(
         for p in resolved.phases
     ]
     defined = None if resolved.defined is None else _Compiler(kinds, precision, frozen).compile(resolved.defined)[0]
-    scalar = precision.scalar
+    after = dict(kinds)
+    nexts = []
+    for item in resolved.next:
+        fn, kind = _Compiler(after, precision, frozen).compile(item.expr)
+        after[item.target] = kind
+        nexts.append((item.target, fn))
     lrs: list[float] = []
     momenta: list[float] = []
     with np.errstate(all="ignore"):
         for n in range(count):
-            env: dict[str, Any] = {**consts, "n": scalar(n), "prev": scalar(lrs[-1] if lrs else np.nan)}
+            env: dict[str, Any] = {**consts, **state, "n": scalar(n), "prev": scalar(lrs[-1] if lrs else np.nan)}
+            env.update({name: scalar(values[n]) for name, values in series.items()})
             if defined is not None and not bool(defined(env)):
                 break
             for target, fn in lets:
@@ -105,6 +140,9 @@ def evaluate_schedule(
                     if momentum_fn is not None:
                         momenta.append(scalar(momentum_fn(env)))
                     break
+            for target, fn in nexts:
+                env[target] = fn(env)
+            state = {name: scalar(env[name]) for name in state}
     # Values keep the extended type of an EXTENDED evaluation (the error model's exact value).
     out = np.longdouble if scalar is np.longdouble else np.float64
     momentum = np.array(momenta, dtype=out) if resolved.has_momentum else None

@@ -14,10 +14,20 @@ A schedule spec (``specs/schedules/<name>.toml``, checked structurally by
 * ``[[phases]]`` — ordered pieces ``{label, when, lr, momentum}``: at index n the first phase
   whose ``when`` condition holds (a phase without ``when`` always holds) gives the learning
   rate ``lr`` and, optionally, the momentum / beta1 value ``momentum`` (one-cycle's cycling).
+* ``state`` — ``"name = expr"`` scalars carried from one index to the next (a running best,
+  a counter), initialised once from constants; ``next`` — ``"[label:] name = expr"`` equations
+  evaluated in order after the phase at every index n: an assignment to a state name sets its
+  value for index n + 1, any other target is a temporary. Lets, phases and ``defined`` read the
+  state's values at index n (before that index's ``next``).
+* ``[inputs.<name>]`` — a per-index input sequence ``{doc, default}`` (a loss, read by
+  ReduceLROnPlateau); expressions read ``name`` as its value at index n, and a case may give its
+  own sequence (``inputs = {name = [...]}``, at least 2T + 1 values). A schedule with inputs cannot
+  drive a rule case (there is no loss to read).
 * ``defined`` — optional condition on n; where it fails the schedule is undefined (torch's
   OneCycleLR raises past ``total_steps``) and an implementation must refuse to step.
 * ``[variants.<knob>]`` — named conventions the libraries disagree on; a value may replace
-  derived definitions by name, ``let`` equations by label, phases by label, and ``defined``.
+  derived definitions and state initial values by name, ``let`` and ``next`` equations by label,
+  phases by label, and ``defined``.
 * ``[[cases]]`` — golden scenarios (hyperparameter overrides); ``defaults`` is added.
 
 Names available to expressions: the hyperparameters, the derived names, ``pi``, and (in
@@ -43,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -77,7 +87,7 @@ STANDARD_SCHEDULE_CASES: tuple[dict[str, object], ...] = (
     {"id": "defaults", "comment": "The spec's default hyperparameters.", "flags": ["Defaults"]},
 )
 #: Names every schedule expression may read besides its own.
-CONSTANTS = {"pi": math.pi}
+CONSTANTS = {"pi": math.pi, "inf": math.inf}
 #: Names the engine binds (the index n, the previous value prev): no hyperparameter may take them.
 RESERVED = frozenset({"n", "prev", *CONSTANTS})
 
@@ -90,6 +100,15 @@ class Let:
     target: str
     expr: Expr
     where: str
+
+
+@dataclass(frozen=True)
+class ScheduleInput:
+    """A per-index input sequence (a loss) with its default values."""
+
+    name: str
+    doc: str
+    default: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,8 @@ class ScheduleVariantValue:
     let: Mapping[str, tuple[Let, ...]]
     phases: Mapping[str, tuple[Phase, ...]]
     defined: tuple[Expr | None, str] | None
+    state: Mapping[str, tuple[Expr, str]] = field(default_factory=dict)
+    next: Mapping[str, tuple[Let, ...]] = field(default_factory=dict)
     #: another value computing the same function in exact arithmetic (only the rounding differs)
     same_function_as: str | None = None
 
@@ -128,6 +149,8 @@ class ScheduleCase:
     comment: str
     flags: tuple[str, ...]
     hyper: Mapping[str, float]
+    #: input name -> the sequence this case feeds (the spec's default where the case gives none)
+    inputs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,6 +174,9 @@ class ScheduleSpec(SpecDeclarations):
     extra_combos: tuple[Mapping[str, str], ...]
     path: str
     sha256: str
+    state: tuple[tuple[str, Expr], ...] = ()
+    next: tuple[Let, ...] = ()
+    inputs: Mapping[str, ScheduleInput] = field(default_factory=dict)
 
     def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedSchedule:
         """Apply a variant's edits and check the result statically."""
@@ -159,6 +185,8 @@ class ScheduleSpec(SpecDeclarations):
         lets = list(self.let)
         phases = list(self.phases)
         defined = self.defined
+        state = dict(self.state)
+        nexts = list(self.next)
         for knob_name, value_name in full.items():
             value = self.knobs[knob_name].values[value_name]
             where = f"{self.where}, variant {knob_name}={value_name}"
@@ -166,6 +194,13 @@ class ScheduleSpec(SpecDeclarations):
                 if name not in derived:
                     raise SpecError(where, f"derived name {name!r} is not declared (derived: {', '.join(derived) or 'none'})")
                 derived[name] = item
+            for name, (expr, _) in value.state.items():
+                if name not in state:
+                    raise SpecError(where, f"state {name!r} is not declared (state: {', '.join(state) or 'none'})")
+                state[name] = expr
+            for label, new in value.next.items():
+                index = _find(nexts, label, lambda x: x.label, f"{where}, next.{label}")
+                nexts[index : index + 1] = list(new)
             for label, new in value.let.items():
                 index = _find(lets, label, lambda x: x.label, f"{where}, let.{label}")
                 lets[index : index + 1] = list(new)
@@ -175,7 +210,14 @@ class ScheduleSpec(SpecDeclarations):
             if value.defined is not None:
                 defined = value.defined[0]
         resolved = ResolvedSchedule(
-            self, full, tuple((n, e) for n, (e, _) in derived.items()), tuple(lets), tuple(phases), defined
+            self,
+            full,
+            tuple((n, e) for n, (e, _) in derived.items()),
+            tuple(lets),
+            tuple(phases),
+            defined,
+            tuple(state.items()),
+            tuple(nexts),
         )
         resolved.check()
         return resolved
@@ -201,6 +243,8 @@ class ResolvedSchedule:
     let: tuple[Let, ...]
     phases: tuple[Phase, ...]
     defined: Expr | None
+    state: tuple[tuple[str, Expr], ...] = ()
+    next: tuple[Let, ...] = ()
 
     @property
     def name(self) -> str:
@@ -218,7 +262,9 @@ class ResolvedSchedule:
             _check_names(expr, consts, f"{where}, derived {name!r}")
             consts.add(name)
         _check_names(self.spec.horizon, consts, f"{where}, horizon")
-        per_index = consts | {"n"}
+        for name, expr in self.state:
+            _check_names(expr, consts, f"{where}, state {name!r}")
+        per_index = consts | {"n"} | {name for name, _ in self.state} | set(self.spec.inputs)
         if self.defined is not None:
             _check_names(self.defined, per_index, f"{where}, defined")
         for item in self.let:
@@ -233,6 +279,12 @@ class ResolvedSchedule:
                     _check_names(expr, per_index | {"prev"}, f"{phase.where} {part}")
         if self.phases[-1].when is not None:
             raise SpecError(f"{self.phases[-1].where}", "the last phase must have no 'when' (it covers every other index)")
+        after = per_index | {"prev"}
+        for item in self.next:
+            _check_names(item.expr, after, item.where)
+            if item.target in consts or item.target in self.spec.inputs or item.target in ("n", "prev"):
+                raise SpecError(item.where, f"{item.target!r} is not a state name or a temporary; next cannot assign it")
+            after.add(item.target)
 
 
 def _check_names(expr: Expr, known: set[str], where: str) -> None:
@@ -322,6 +374,8 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
                 if "defined" not in v
                 else ((_expr(v["defined"], f"{vwhere}, defined") if v["defined"].strip() else None), v["defined"]),
                 same_function_as=v.get("same_function_as"),
+                state={n: (_expr(e, f"{vwhere}, state {n!r}"), e) for n, e in v.get("state", {}).items()},
+                next={lab: tuple(_let(e, f"{vwhere}, next.{lab}") for e in eqs) for lab, eqs in v.get("next", {}).items()},
             )
         for vname, value in values.items():
             if value.same_function_as is not None and value.same_function_as not in values:
@@ -331,6 +385,12 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
                 )
         check_knob_default(k["default"], values, f"{where}, variant {kname!r}")
         knobs[kname] = ScheduleKnob(kname, str(k.get("doc", "")), k["default"], values)
+    state = tuple(_derived(e, f"{where}, state") for e in table.get("state", []))
+    inputs: dict[str, ScheduleInput] = {}
+    for iname, item in table.get("inputs", {}).items():
+        if iname in hypers or iname in RESERVED or iname in {s[0] for s in state}:
+            raise SpecError(f"{where}, inputs.{iname}", f"{iname!r} is already a hyperparameter, state or reserved name")
+        inputs[iname] = ScheduleInput(iname, str(item.get("doc", "")), tuple(float(x) for x in item["default"]))
     spec = ScheduleSpec(
         name=name,
         title=table["title"],
@@ -348,6 +408,9 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
         extra_combos=tuple(table.get("golden", {}).get("extra_combos", [])),
         path=shown,
         sha256=spec_hash(table),
+        state=tuple((n, e) for n, e, _ in state),
+        next=tuple(_let(e, f"{where}, next") for e in table.get("next", [])),
+        inputs=inputs,
     )
     cases: list[ScheduleCase] = []
     for item in [*STANDARD_SCHEDULE_CASES, *table.get("cases", [])]:
@@ -355,8 +418,15 @@ def parse_schedule(text: str, shown: str) -> ScheduleSpec:
         if any(c.id == item["id"] for c in cases):
             raise SpecError(cwhere, "duplicate case id (defaults is added to every schedule)")
         spec.hyper_values(item.get("hyper", {}), cwhere)
+        given = dict(item.get("inputs", {}))
+        unknown = sorted(set(given) - set(inputs))
+        if unknown:
+            raise SpecError(cwhere, f"unknown input {unknown[0]!r} (inputs: {', '.join(inputs) or 'none'})")
+        case_inputs = {n: tuple(float(x) for x in given.get(n, i.default)) for n, i in inputs.items()}
         cases.append(
-            ScheduleCase(str(item["id"]), str(item["comment"]), tuple(item.get("flags", [])), dict(item.get("hyper", {})))
+            ScheduleCase(
+                str(item["id"]), str(item["comment"]), tuple(item.get("flags", [])), dict(item.get("hyper", {})), case_inputs
+            )
         )
     spec = ScheduleSpec(**{**spec.__dict__, "cases": tuple(cases)})
     spec.resolve_every_combination()
@@ -410,6 +480,10 @@ def schedule_ref(table: Mapping[str, Any], rule_lr: float, where: str, library: 
         raise SpecError(where, str(exc)) from None
     if "lr" in table.get("hyper", {}):
         raise SpecError(where, "schedule hyper 'lr' is the rule's lr; set the rule's hyperparameter instead")
+    if spec.inputs:
+        raise SpecError(
+            where, f"schedule {spec.name!r} reads the input sequence {', '.join(spec.inputs)}; a rule case has none to give it"
+        )
     if rule_lr <= 0:
         raise SpecError(where, "a scheduled case needs the rule's lr > 0 (the multiplier is value / lr)")
     hyper = spec.hyper_values({**dict(table.get("hyper", {})), "lr": rule_lr}, f"{where} (schedule {spec.name!r})")
