@@ -17,9 +17,21 @@ def all_implementations() -> list[Implementation]:
     return [*TORCH, *OPTAX, *CUDA]
 
 
+def sharded_implementations(world_size: int) -> list[Implementation]:
+    """The sharded columns at ``world_size``: torch.dtensor.shard0/shard1, torch.fsdp2, torch.zero."""
+    from optspec.impls.torch_sharded import implementations as torch_sharded
+
+    return list(torch_sharded(world_size))
+
+
 def implementation(name: str) -> Implementation:
     from optspec.errors import UsageError
 
+    _, at, size = name.rpartition("@")
+    if at and size.isdigit() and 1 < int(size) <= 64:  # a sharded column, e.g. torch.fsdp2@2
+        for impl in sharded_implementations(int(size)):
+            if impl.name == name:
+                return impl
     for impl in all_implementations():
         if impl.name == name:
             return impl

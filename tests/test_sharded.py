@@ -1,0 +1,86 @@
+"""Sharded columns: torch DTensor, FSDP2 and ZeRO over a real gloo group, checked against the golden cases.
+
+The gang of ranks is started once per test session (optspec.impls.torch_gang.gang keeps one per
+world size) and reused; the tests that kill it on purpose use their own Gang.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optspec.conformance import enumerate_checks, load_goldens, run_check
+from optspec.golden import default_golden_dir
+from optspec.impls import torch_gang
+from optspec.impls.torch_sharded import TorchSharded, local_shards
+from optspec.spec import SpecLibrary
+
+pytest.importorskip("torch")
+
+pytestmark = pytest.mark.sharded
+
+
+def _checks(rule: str, layout: str, world_size: int, tests: set[str], dtypes: tuple[str, ...] = ("float64", "float32")):
+    library = SpecLibrary()
+    goldens = load_goldens(library, default_golden_dir(), [rule])
+    impl = TorchSharded(layout, world_size)
+    return [c for c in enumerate_checks(library, goldens, [impl], dtypes) if c.test.name in tests]
+
+
+def test_case_shapes_give_uneven_and_empty_shards() -> None:
+    """The golden cases' shapes (), (1,), (7,), (3, 5), (2, 3, 4) split unevenly at world size 2, with an empty shard."""
+    assert local_shards((1,), "dtensor.shard0", 2) == [(0, 0, 1), (0, 1, 1)], "shape (1,) over 2 ranks: rank 1's shard is empty"
+    assert local_shards((7,), "dtensor.shard0", 2) == [(0, 0, 4), (0, 4, 7)], "shape (7,) over 2 ranks: 4 + 3 rows"
+    assert local_shards((3, 5), "dtensor.shard1", 2) == [(1, 0, 3), (1, 3, 5)], "Shard(1) of (3, 5): 3 + 2 columns"
+    assert local_shards((3,), "dtensor.shard0", 4) == [(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 3)], "(3,) over 4: 1+1+1+0"
+    assert local_shards((), "dtensor.shard0", 2) == [(-1, 0, 0)], "a 0-d tensor is replicated"
+    library = SpecLibrary()
+    golden = load_goldens(library, default_golden_dir(), ["adam"])["adam"]
+    shapes = {tuple(p.shape) for p in golden.tests[0].inputs.params}
+    assert {(1,), (7,), (3, 5)} <= shapes, f"the adam cases no longer have the shapes this test relies on: {shapes}"
+
+
+@pytest.mark.parametrize("layout", ["dtensor.shard0", "dtensor.shard1", "fsdp2", "zero"])
+def test_adam_conforms_sharded_at_world_size_2(layout: str) -> None:
+    """torch.optim.Adam on sharded parameters matches the golden values under the one-process error model."""
+    checks = _checks("adam", layout, 2, {"adam/default/defaults", "adam/amsgrad=raw/knobs"})
+    assert len(checks) == 4, [c.id for c in checks]
+    for check in checks:
+        result = run_check(check)
+        assert result.status == "conforms", f"{check.id}: {result.status}: {result.message}"
+        assert {"theta", "m", "v"} <= set(result.compared_slots), f"{check.id}: compared only {result.compared_slots}"
+
+
+def test_gang_is_reused_across_calls() -> None:
+    """One group per session: two calls reach the same rank processes."""
+    first = torch_gang.gang(2).call("optspec.impls.torch_gang:identify", timeout=60)
+    second = torch_gang.gang(2).call("optspec.impls.torch_gang:identify", timeout=60)
+    assert first == second and first[:2] == (0, 2), f"rank 0 answered {first} then {second}: not the same process"
+
+
+def test_a_bad_rank_is_killed_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung, dead or raising rank is reported as a failure naming it; after a hang or a death every
+    rank was killed and the next call starts a fresh gang."""
+    from optspec.checking.worker import TargetFailure
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent))  # the spawned ranks import tests.fixtures.sharded
+    gang = torch_gang.Gang(2)
+    try:
+        before = gang.call("optspec.impls.torch_gang:identify", timeout=60)
+        for function, kind, words, restarts in [
+            ("hang_on_rank1", "timeout", "ranks 1 of 2 gave no answer within the time limit of 4 s", True),
+            ("die_on_rank1", "crashed", "rank 1 of 2 died (exit code 3)", True),
+            ("raise_on_rank1", "raised", "rank 1 of 2: RuntimeError: planted failure on rank 1", False),
+        ]:
+            with pytest.raises(TargetFailure) as failure:
+                gang.call(f"tests.fixtures.sharded:{function}", timeout=4)
+            assert failure.value.kind == kind, f"{function}: reported as {failure.value.kind}: {failure.value.message}"
+            assert words in failure.value.message, f"{function}: message {failure.value.message!r} lacks {words!r}"
+            assert gang.alive != restarts, f"{function}: the ranks were {'not ' if restarts else ''}killed"
+            after = gang.call("optspec.impls.torch_gang:identify", timeout=60)
+            assert (after[2] != before[2]) == restarts, f"{function}: rank 0 was pid {before[2]}, then {after[2]}"
+            before = after
+    finally:
+        gang.close()
+    assert not gang.alive, "close() left ranks running"
