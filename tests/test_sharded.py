@@ -84,3 +84,51 @@ def test_a_bad_rank_is_killed_and_reported(monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         gang.close()
     assert not gang.alive, "close() left ranks running"
+
+
+# --------------------------------------------------------------------------- optspec check --shard
+
+LAMB = "tests.fixtures.sharded_lamb"
+
+
+def _check_lamb(target: str, shard: tuple[str, int] | None):
+    from optspec.checking.runner import check
+
+    # 5 steps (the inputs regenerated for the shorter case): the local-shard norm differs from step 1 on
+    return check("lamb", f"{LAMB}:{target}", shard=shard, behaviour=False, dtypes=("float64",), steps=5, isolate=shard is None)
+
+
+def test_local_shard_norm_fails_with_that_diagnosis() -> None:
+    """LAMB's trust ratio taken on the local DTensor shard fails sharded, and the diagnosis names the local shard."""
+    from optspec.checking.runner import format_report
+    from optspec.checking.sharded import LOCAL_SHARD
+
+    report = _check_lamb("LocalNormLamb", ("dtensor.shard0", 2))
+    text = format_report(report)
+    assert report.exit_code == 1, f"exit code {report.exit_code}, expected 1 (does not conform):\n{text}"
+    failed = {c.case for c in report.cases if c.status == "fails"}
+    assert {"defaults", "knobs"} <= failed, f"expected the defaults and knobs cases to fail sharded, failed: {failed}\n{text}"
+    assert report.diagnosis is not None and report.diagnosis.explanation.startswith(LOCAL_SHARD), text
+    assert "over its local shard instead of the whole tensor" in text, text
+
+
+def test_whole_tensor_norm_conforms_sharded() -> None:
+    """The same LAMB with norms of full_tensor() conforms on Shard(1) parameters: the diagnosis is not given to everything."""
+    report = _check_lamb("GlobalNormLamb", ("dtensor.shard1", 2))
+    failed = [f"{c.case}: {c.message}" for c in report.cases if c.status == "fails"]
+    assert report.exit_code == 0 and not failed, f"exit code {report.exit_code}; failures: {failed}"
+
+
+def test_local_shard_norm_conforms_on_one_process() -> None:
+    """Unsharded, the planted optimizer is correct LAMB: only the sharded check can catch it."""
+    report = _check_lamb("LocalNormLamb", None)
+    failed = [f"{c.case}: {c.message}" for c in report.cases if c.status == "fails"]
+    assert report.exit_code == 0 and not failed, f"exit code {report.exit_code}; failures: {failed}"
+
+
+def test_check_shard_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from optspec.cli import main
+
+    code = main(["check", "adam", "torch.optim:Adam", "--shard", "zero", "--world-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--world-size 1: must be from 2 to 64" in err, f"exit {code}, stderr {err!r}"

@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time limit of importing the target and of each run (default 60)",
     )
     parser.add_argument("--no-behaviour", action="store_true", help="skip the behavioural checks")
+    parser.add_argument(
+        "--shard",
+        choices=("dtensor", "dtensor1", "fsdp2", "zero"),
+        default=None,
+        help="run the cases on sharded parameters: DTensor Shard(0) (dtensor) or Shard(1) (dtensor1), "
+        "fully_shard (fsdp2) or ZeroRedundancyOptimizer (zero), over a gloo group of --world-size ranks",
+    )
+    parser.add_argument("--world-size", type=int, default=2, metavar="N", help="ranks of --shard (default 2)")
     parser.set_defaults(func=run)
 
 
@@ -69,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
 
     valid_timeout(args.timeout)
     check_output_file(args.json, "--json")
+    shard = None
+    if args.shard is not None:
+        from optspec.checking.sharded import layout_for
+
+        shard = (layout_for(args.shard, args.world_size), args.world_size)
     report = check(
         args.rule,
         args.target,
@@ -80,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         behaviour=not args.no_behaviour,
         kwargs=args.kwarg,
         inner=args.inner,
+        shard=shard,
     )
     print(format_report(report))
     if args.json is not None:
