@@ -18,10 +18,11 @@ def all_implementations() -> list[Implementation]:
 
 
 def sharded_implementations(world_size: int) -> list[Implementation]:
-    """The sharded columns at ``world_size``: torch.dtensor.shard0/shard1, torch.fsdp2, torch.zero."""
+    """The sharded columns at ``world_size``: torch.dtensor.shard0/shard1, torch.fsdp2, torch.zero, optax.sharded."""
+    from optspec.impls.optax_sharded import implementations as optax_sharded
     from optspec.impls.torch_sharded import implementations as torch_sharded
 
-    return list(torch_sharded(world_size))
+    return [*torch_sharded(world_size), *optax_sharded(world_size)]
 
 
 def implementation(name: str) -> Implementation:

@@ -323,3 +323,81 @@ class TorchSharded:
 
 def implementations(world_size: int) -> list[TorchSharded]:
     return [TorchSharded(layout, world_size) for layout in LAYOUTS]
+
+
+# --------------------------------------------------------------------------- resharding a checkpoint
+
+
+def run_checkpointed(layout: str, ref: Any, cwd: str | None, sc: Scenario, directory: str, phase: str) -> Trajectory | None:
+    """One half of a state_dict round trip across world sizes through ``torch.distributed.checkpoint``.
+
+    ``phase="save"`` runs steps 1..k (k = ``sc.checkpoint_after``) and saves the parameters
+    and the optimizer state (``get_model_state_dict`` / ``get_optimizer_state_dict``, DTensor
+    shards) to ``directory``; ``phase="load"`` builds the parameters and a fresh optimizer at
+    this gang's world size, loads both from ``directory`` (DCP reshards) and runs steps
+    k+1..T. Rank 0 returns the steps it recorded. ``dtensor.*`` layouts only.
+    """
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    if not layout.startswith("dtensor."):
+        raise TargetUsageError(f"the resharding round trip runs the dtensor layouts only, not {layout}")
+    k = sc.checkpoint_after
+    if k is None or phase not in ("save", "load"):
+        raise TargetUsageError("run_checkpointed needs checkpoint_after and phase 'save' or 'load'")
+    cls = load(ref, cwd)
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[sc.dtype]
+    full = [torch.tensor(np.asarray(v), dtype=torch_dtype) for v in sc.params]
+    module = _Holder.make([_distribute(p, layout) for p in full])
+    params = list(module.tensors)
+    first = sc.groups[0]
+    try:
+        optimizer = cls(params, **first.kwargs)
+    except Exception as exc:
+        raise TargetError(f"constructing the optimizer raised {_describe_exc(exc)}") from None
+    steps = range(1, k + 1) if phase == "save" else range(k + 1, sc.steps + 1)
+    if phase == "load":
+        try:
+            model_state = get_model_state_dict(module)
+            optim_state = get_optimizer_state_dict(module, optimizer)  # initialises the state to load into
+            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=directory)
+            set_model_state_dict(module, model_state)
+            set_optimizer_state_dict(module, optimizer, optim_state)
+        except Exception as exc:
+            raise TargetError(
+                f"loading the checkpoint at world size {torch_gang.world_size()} raised {_describe_exc(exc)}"
+            ) from None
+    trajectory: Trajectory = {}
+    for t in steps:
+        for group in optimizer.param_groups:
+            if first.lr_keyword is not None:
+                group[first.lr_keyword] = first.base_lr * float(sc.lr_multipliers[t - 1])
+        for param, g in zip(params, sc.grads):
+            param.grad = _distribute(torch.tensor(np.asarray(g[t - 1]), dtype=torch_dtype), layout)
+        try:
+            optimizer.step()
+        except Exception as exc:
+            raise TargetError(f"step {t} raised {_describe_exc(exc)}") from None
+        if t in sc.record:
+            snapshot = _snapshot(layout, optimizer, params, sc.slots)
+            if torch_gang.rank() == 0:
+                trajectory[t] = snapshot
+    if phase == "save":
+        try:
+            dcp.save(
+                {"model": get_model_state_dict(module), "optim": get_optimizer_state_dict(module, optimizer)},
+                checkpoint_id=directory,
+            )
+        except Exception as exc:
+            raise TargetError(
+                f"saving the checkpoint at world size {torch_gang.world_size()} raised {_describe_exc(exc)}"
+            ) from None
+    dist.barrier()
+    return trajectory if torch_gang.rank() == 0 else None

@@ -52,6 +52,32 @@ def test_adam_conforms_sharded_at_world_size_2(layout: str) -> None:
         assert {"theta", "m", "v"} <= set(result.compared_slots), f"{check.id}: compared only {result.compared_slots}"
 
 
+@pytest.mark.parametrize("layout", ["dtensor.shard0", "fsdp2", "zero"])
+def test_adam_conforms_sharded_at_world_size_4(layout: str) -> None:
+    """World size 4: shape (3, 5) splits 1 + 1 + 1 + 0 rows, (1,) 1 + 0 + 0 + 0; ZeRO leaves ranks without parameters."""
+    checks = _checks("adam", layout, 4, {"adam/default/defaults"}, ("float64",))
+    assert len(checks) == 1, [c.id for c in checks]
+    result = run_check(checks[0])
+    assert result.status == "conforms", f"{checks[0].id}: {result.status}: {result.message}"
+
+
+def test_optax_sharded_conforms_over_4_host_devices() -> None:
+    """optax.adam with (2, 3, 4) split 4 ways on its last dimension (the others replicated: JAX refuses uneven splits)."""
+    pytest.importorskip("jax")
+    from optspec.impls.optax_sharded import OptaxSharded, split_dim
+
+    assert split_dim((2, 3, 4), 4) == 2 and split_dim((2, 3, 4), 2) == 0, "the first dimension the device count divides"
+    assert split_dim((7,), 2) is None and split_dim((), 4) is None and split_dim((1,), 2) is None, "uneven: replicated"
+    library = SpecLibrary()
+    goldens = load_goldens(library, default_golden_dir(), ["adam"])
+    checks = [
+        c for c in enumerate_checks(library, goldens, [OptaxSharded(4)], ("float64",)) if c.test.name == "adam/default/defaults"
+    ]
+    assert len(checks) == 1, [c.id for c in checks]
+    result = run_check(checks[0])
+    assert result.status == "conforms", f"{checks[0].id}: {result.status}: {result.message}"
+
+
 def test_gang_is_reused_across_calls() -> None:
     """One group per session: two calls reach the same rank processes."""
     first = torch_gang.gang(2).call("optspec.impls.torch_gang:identify", timeout=60)
