@@ -158,3 +158,18 @@ def test_check_shard_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> 
     code = main(["check", "adam", "torch.optim:Adam", "--shard", "zero", "--world-size", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "--world-size 1: must be from 2 to 64" in err, f"exit {code}, stderr {err!r}"
+
+
+@pytest.mark.parametrize(("target", "status"), [("torch.optim:Adam", "passed"), (f"{LAMB}:StatelessReloadAdam", "failed")])
+def test_state_dict_reshards_from_4_to_2(target: str, status: str) -> None:
+    """Adam's state saved at 4 ranks and loaded at 2 (torch.distributed.checkpoint) continues the trajectory; an Adam that
+    drops its state on load fails the behavioural check."""
+    from optspec.checking.runner import check
+    from optspec.checking.sharded import RESHARD
+
+    report = check("adam", target, shard=("dtensor.shard0", 4), dtypes=("float64",), steps=5, flags=False)
+    (behaviour,) = report.behaviour
+    assert behaviour.name == f"{RESHARD} (4 -> 2)", behaviour.name
+    assert behaviour.status == status, f"{target}: {behaviour.status}: {behaviour.message}"
+    if status == "failed":
+        assert "slot m" in behaviour.message or "slot theta" in behaviour.message, behaviour.message

@@ -405,7 +405,10 @@ def run_session(
     _refuse_if_nothing_ran(session, ran)
     report.diagnosis = _diagnose(session, main, ran)
     if behaviour and session.shard is not None:
-        session.notes.append("behavioural checks are not run with --shard (run the check without it for them)")
+        from optspec.checking.sharded import reshard_behaviour
+
+        report.behaviour = [reshard_behaviour(session)]
+        session.notes.append("the one-process behavioural checks are not run with --shard (run the check without it for them)")
     elif behaviour:
         from optspec.checking.behaviour import run_behaviour
 

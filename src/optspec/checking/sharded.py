@@ -5,7 +5,8 @@ N ranks (:mod:`optspec.impls.torch_gang`): describing the target happens on ever
 each case runs through :func:`optspec.impls.torch_sharded.run_sharded` — the parameters are
 DTensors (``dtensor``: Shard(0), ``dtensor1``: Shard(1)), a ``fully_shard`` module (``fsdp2``)
 or whole parameters owned by one rank (``zero``). The gathered parameters are compared with the
-same float64 reference under the same error model as the one-process check.
+same float64 reference under the same error model as the one-process check. The behavioural
+check :func:`reshard_behaviour` saves the optimizer state at one world size and loads it at another.
 
 :func:`local_shard_diagnosis` explains a failure the one-process check would not see: when every
 failing case matches the reference run on each rank's shard as a separate tensor, the target
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from optspec.checking.diagnose import Diagnosis
+from optspec.checking.results import BehaviourResult
 from optspec.checking.worker import TargetFailure
 from optspec.conformance import compare
 from optspec.errors import UsageError
@@ -130,3 +132,53 @@ def local_shard_diagnosis(session: Any, failing: Sequence[Any]) -> Diagnosis | N
         ),
         first_divergence=failing[0].result.message,
     )
+
+
+# --------------------------------------------------------------------------- behaviour: resharding a checkpoint
+
+RESHARD = "state_dict across world sizes"
+
+
+def reshard_behaviour(session: Any) -> BehaviourResult:
+    """Save at the check's world size N after step k, load at another (2, or 4 when N = 2), go on: the trajectory is unchanged.
+
+    Through ``torch.distributed.checkpoint`` (``get_optimizer_state_dict`` and DCP's resharding
+    load); the defaults case in float64, compared with the float64 reference under its budget.
+    """
+    import tempfile
+
+    from optspec.cases import make_inputs, recorded_steps
+
+    layout, world_size = session.shard
+    other = 2 if world_size != 2 else 4
+    name = f"{RESHARD} ({world_size} -> {other})"
+    if not layout.startswith("dtensor."):
+        return BehaviourResult(name, "not applicable", f"the round trip runs the dtensor layouts, not {layout}")
+    spec = session.spec
+    case = spec.cases[0]
+    hyper = session.hyper_for(case.hyper)
+    inputs = make_inputs(spec, case)
+    record = recorded_steps(case.steps)
+    k = max(1, min(5, case.steps // 2))
+    scenario = session.scenario(hyper, inputs, "float64", record, checkpoint_after=k)
+    if isinstance(scenario, str):
+        return BehaviourResult(name, "skipped", f"not expressible: {scenario}")
+    expected = session.expectations.test(spec, session.variant, hyper, inputs, record, case.id)
+    function = "optspec.impls.torch_sharded:run_checkpointed"
+    timeout = max(session.timeout, CASE_TIMEOUT)
+    with tempfile.TemporaryDirectory(prefix="optspec-dcp-") as directory:
+        try:
+            saved = torch_gang.gang(world_size).call(
+                function, layout, session.target, session.cwd, scenario, directory, "save", timeout=timeout
+            )
+            loaded = torch_gang.gang(other).call(
+                function, layout, session.target, session.cwd, scenario, directory, "load", timeout=timeout
+            )
+        except TargetFailure as exc:
+            return BehaviourResult(name, "failed", f"the target failed: {exc.message}")
+        finally:
+            torch_gang.gang(other).close()
+    comparison = compare(expected, {**saved, **loaded}, "float64", f"{spec.name}, case {case.id}, saved after step {k}")
+    if comparison.ok:
+        return BehaviourResult(name, "passed", "")
+    return BehaviourResult(name, "failed", comparison.message)
