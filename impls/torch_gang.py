@@ -12,6 +12,10 @@ own message after a short grace period (the waiting ranks are killed too).
 
 :func:`gang` keeps one gang per world size for the life of the process (one ``optspec run``
 or one test session) and :func:`close_all` ends them (registered with :mod:`atexit`).
+
+Under ``torchrun`` (one machine or several, joined at a rendezvous endpoint) the ranks are the
+processes torchrun started: rank 0 runs the optspec command and :class:`LaunchedGang` sends each
+call to the others, which :func:`serve` (see README, "Across machines").
 """
 
 from __future__ import annotations
@@ -229,13 +233,98 @@ class Gang:
             shutil.rmtree(self._directory, ignore_errors=True)
 
 
-_GANGS: dict[int, Gang] = {}
+# --------------------------------------------------------------------------- under torchrun
 
 
-def gang(world_size: int) -> Gang:
-    """The process's gang of ``world_size`` ranks (created on first use, restarted after a failure)."""
+def launched_world_size() -> int | None:
+    """WORLD_SIZE when this process was started by torchrun (TORCHELASTIC_RUN_ID is set), else None."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return int(os.environ["WORLD_SIZE"])
+
+
+def _join_launched() -> None:
+    """Join the group torchrun describes (env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)."""
+    if _RANK is None:
+        join_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", LAUNCHED_TIMEOUT)
+
+
+#: gloo's time limit of one collective under torchrun (no rank can be killed from here: torchrun
+#: ends the job when a rank dies, and a hung collective raises after this many seconds)
+LAUNCHED_TIMEOUT = 600.0
+
+
+class LaunchedGang:
+    """The ranks torchrun started (on one machine or several): rank 0 drives, the others :func:`serve`.
+
+    Each call is broadcast from rank 0 (``broadcast_object_list``), run on every rank in its
+    own process, and the ranks' outcomes are gathered; rank 0's answer is returned.
+    """
+
+    def __init__(self) -> None:
+        _join_launched()
+        self.world_size = world_size()
+        self.alive = True
+
+    def call(self, function: str, *args: Any, timeout: float) -> Any:
+        del timeout  # bounded by LAUNCHED_TIMEOUT per collective
+        import torch.distributed as dist
+
+        from optspec.checking.worker import _invoke
+
+        dist.broadcast_object_list([(function, args)], src=0)
+        status, payload = _invoke(function, args)
+        outcomes: list[Any] = [None] * self.world_size
+        dist.all_gather_object(outcomes, (status, payload if status != "ok" else None))
+        raised = [(r, o) for r, o in enumerate(outcomes) if o[0] != "ok"]
+        if raised:
+            r, (kind, message) = raised[0]
+            raise TargetFailure(kind, f"rank {r} of {self.world_size}: {message}")
+        return payload
+
+    def close(self) -> None:
+        if self.alive:
+            import torch.distributed as dist
+
+            self.alive = False
+            dist.broadcast_object_list([None], src=0)
+
+
+def serve() -> int:
+    """A torchrun rank other than 0: run what rank 0 broadcasts until it says stop."""
+    import torch.distributed as dist
+
+    from optspec.checking.worker import _invoke
+
+    _join_launched()
+    while True:
+        message: list[Any] = [None]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is None:
+            break
+        function, args = message[0]
+        status, payload = _invoke(function, args)
+        outcomes: list[Any] = [None] * world_size()
+        dist.all_gather_object(outcomes, (status, payload if status != "ok" else None))
+    dist.destroy_process_group()
+    return 0
+
+
+_GANGS: dict[int, Gang | LaunchedGang] = {}
+
+
+def gang(world_size: int) -> Gang | LaunchedGang:
+    """The process's gang of ``world_size`` ranks (created on first use, restarted after a failure).
+
+    Under torchrun it is the launched ranks, and only their world size can be asked for.
+    """
+    launched = launched_world_size()
+    if launched is not None and world_size != launched:
+        raise TargetFailure(
+            "usage", f"under torchrun the world size is WORLD_SIZE = {launched}; world size {world_size} cannot run"
+        )
     if world_size not in _GANGS:
-        _GANGS[world_size] = Gang(world_size)
+        _GANGS[world_size] = LaunchedGang() if launched is not None else Gang(world_size)
     return _GANGS[world_size]
 
 
@@ -244,5 +333,6 @@ def close_all() -> None:
     """End every gang this process started."""
     for each in list(_GANGS.values()):
         each.close()
-        shutil.rmtree(each._directory, ignore_errors=True)
+        if isinstance(each, Gang):
+            shutil.rmtree(each._directory, ignore_errors=True)
     _GANGS.clear()

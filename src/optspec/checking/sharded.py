@@ -41,6 +41,9 @@ def layout_for(shard: str, world_size: int) -> str:
         raise UsageError(f"--shard {shard}: unknown layout (known: {', '.join(SHARD_OPTIONS)})")
     if not 1 < world_size <= 64:
         raise UsageError(f"--world-size {world_size}: must be from 2 to 64")
+    launched = torch_gang.launched_world_size()
+    if launched is not None and launched != world_size:
+        raise UsageError(f"--world-size {world_size}: under torchrun the world size is WORLD_SIZE = {launched}")
     return SHARD_OPTIONS[shard]
 
 
@@ -50,18 +53,18 @@ class ShardedExecutor:
     def __init__(self, layout: str, world_size: int) -> None:
         self.layout = layout
         self.world_size = world_size
-        #: the process's gang of this size (reused by later checks, ended at exit)
-        self._gang = torch_gang.gang(world_size)
 
     def call(self, function: str, *args: Any, timeout: float) -> Any:
+        # the process's gang of this size (reused by later checks, ended at exit)
+        gang = torch_gang.gang(self.world_size)
         if function == RUN_SCENARIO:
             ref, cwd, scenario = args
             if scenario.kind != "torch":
                 raise TargetFailure("usage", "--shard runs torch.optim.Optimizer subclasses only (optax: optspec run)")
-            return self._gang.call(
+            return gang.call(
                 "optspec.impls.torch_sharded:run_sharded", self.layout, ref, cwd, scenario, timeout=max(timeout, CASE_TIMEOUT)
             )
-        return self._gang.call(function, *args, timeout=timeout)
+        return gang.call(function, *args, timeout=timeout)
 
     def captured(self) -> list[str]:
         return []
@@ -154,6 +157,8 @@ def reshard_behaviour(session: Any) -> BehaviourResult:
     name = f"{RESHARD} ({world_size} -> {other})"
     if not layout.startswith("dtensor."):
         return BehaviourResult(name, "not applicable", f"the round trip runs the dtensor layouts, not {layout}")
+    if torch_gang.launched_world_size() is not None:
+        return BehaviourResult(name, "not applicable", "under torchrun only the launched world size runs")
     spec = session.spec
     case = spec.cases[0]
     hyper = session.hyper_for(case.hyper)
