@@ -78,6 +78,26 @@ def test_optax_sharded_conforms_over_4_host_devices() -> None:
     assert result.status == "conforms", f"{checks[0].id}: {result.status}: {result.message}"
 
 
+def test_a_library_error_on_sharded_parameters_is_an_error_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An optimizer that raises on DTensors (as torch.optim.Adafactor does) shows as an error with its message, per cell."""
+    from dataclasses import replace
+
+    from optspec.conformance import matrix
+    from optspec.impls import torch_optim
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent))  # the fresh gang's ranks import tests.fixtures
+    planted = replace(torch_optim.BINDINGS["adam"], target=f"{LAMB}.ShardRefusingAdam")
+    monkeypatch.setitem(torch_optim.BINDINGS, "adam", planted)
+    try:
+        results = [run_check(c) for c in _checks("adam", "dtensor.shard1", 3, {"adam/default/defaults"}, ("float64",))]
+    finally:
+        torch_gang._GANGS.pop(3).close()
+    assert [r.status for r in results] == ["error"], [(r.status, r.message) for r in results]
+    assert "RuntimeError: aten.pow_.Scalar: in-place operations" in results[0].message, results[0].message
+    cell = matrix(results)["adam"]["torch.dtensor.shard1@3"]
+    assert cell.status == "error" and cell.failures == [results[0].message], (cell.status, cell.failures)
+
+
 def test_gang_is_reused_across_calls() -> None:
     """One group per session: two calls reach the same rank processes."""
     first = torch_gang.gang(2).call("optspec.impls.torch_gang:identify", timeout=60)
