@@ -178,6 +178,9 @@ def test_check_shard_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> 
     code = main(["check", "adam", "torch.optim:Adam", "--shard", "zero", "--world-size", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "--world-size 1: must be from 2 to 64" in err, f"exit {code}, stderr {err!r}"
+    code = main(["check", "adam", "optax:adam", "--shard", "dtensor"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--shard: optax:adam is an optax factory" in err, f"exit {code}, stderr {err!r}"
 
 
 @pytest.mark.parametrize(("target", "status"), [("torch.optim:Adam", "passed"), (f"{LAMB}:StatelessReloadAdam", "failed")])

@@ -308,6 +308,10 @@ def open_session(
             raise UsageError(f"cannot load target {what!r}: {exc.message}") from None
     info = infos[0]
     inner_info = infos[1] if inner is not None else None
+    if shard is not None and info.kind != "torch":
+        raise UsageError(
+            f"--shard: {info.ref} is an optax factory; only torch optimizers run sharded (optax: optspec run --world-size N)"
+        )
     if inner_info is not None and (info.kind != "torch" or inner_info.kind != "torch"):
         executor.close()
         raise UsageError("--inner: only torch wrappers are supported (Wrapper(Inner(params, ...), ...))")
