@@ -196,3 +196,27 @@ def test_state_dict_reshards_from_4_to_2(target: str, status: str) -> None:
     assert behaviour.status == status, f"{target}: {behaviour.status}: {behaviour.message}"
     if status == "failed":
         assert "slot m" in behaviour.message or "slot theta" in behaviour.message, behaviour.message
+
+
+def test_the_same_command_runs_under_torchrun(tmp_path: Path) -> None:
+    """torchrun with a rendezvous endpoint (here one machine, 2 ranks): rank 0 prints the matrix, rank 1 serves."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    torchrun, optspec = bin_dir / "torchrun", shutil.which("optspec", path=str(bin_dir))
+    if not torchrun.exists() or optspec is None:
+        pytest.skip("torchrun or the optspec script is not next to this interpreter")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d"]
+    argv += ["--rdzv-endpoint", f"127.0.0.1:{port}", optspec, "run", "--world-size", "2", "--impl", "torch.zero@2"]
+    argv += ["--rule", "adamax", "--dtype", "float64", "--json", str(tmp_path / "out.json")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, f"torchrun exit {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert ["rule", "torch.zero@2"] in rows and ["adamax", "conforms"] in rows, f"no zero@2 column:\n{done.stdout}"
