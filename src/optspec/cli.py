@@ -82,6 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    if "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0":
+        # a torchrun rank other than 0 serves rank 0's sharded runs (optspec.impls.torch_gang)
+        from optspec.impls.torch_gang import serve
+
+        return serve()
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # rank 0 joins at once, so the other ranks are released (at exit) whatever the command does
+        from optspec.impls.torch_gang import gang, launched_world_size
+
+        size = launched_world_size()
+        if size is not None and size > 1:
+            gang(size)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

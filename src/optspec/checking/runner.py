@@ -114,6 +114,8 @@ class Session:
                 self.variant[knob] = str(deviation.implements)
                 self.deviations.append(deviation)
         self.slots = state_slots(info.kind, spec, self.naming.inner_rule(self.variant) if inner is not None else None)
+        #: (layout, world size) when the cases run on sharded parameters (--shard), else None
+        self.shard: tuple[str, int] | None = None
 
     def hyper_for(self, case_hyper: Mapping[str, float]) -> dict[str, float]:
         return self.spec.hyper_values({**case_hyper, **self.overrides})
@@ -268,8 +270,12 @@ def open_session(
     isolate: bool | None = None,
     kwargs: Sequence[str] = (),
     inner: str | Any | None = None,
+    shard: tuple[str, int] | None = None,
 ) -> Session:
-    """Resolve the rule, variant, overrides and target; bad input raises UsageError/SpecError."""
+    """Resolve the rule, variant, overrides and target; bad input raises UsageError/SpecError.
+
+    ``shard`` = (layout, world size) runs every case on sharded parameters over a gloo gang
+    (:mod:`optspec.checking.sharded`)."""
     library = library or SpecLibrary()
     spec = library.get(rule)
     claimed = spec.full_variant(parse_assignments(variant, "--variant"))
@@ -282,7 +288,14 @@ def open_session(
         )
     if isolate is None:
         isolate = isinstance(target, str)
-    executor: Executor = Isolated() if isolate else InProcess()
+    if shard is not None:
+        from optspec.checking.sharded import ShardedExecutor
+
+        if inner is not None:
+            raise UsageError("--shard: wrappers (--inner) are not run on sharded parameters")
+        executor: Executor = ShardedExecutor(*shard)
+    else:
+        executor = Isolated() if isolate else InProcess()
     infos: list[TargetInfo] = []
     for what in (target, inner) if inner is not None else (target,):
         try:
@@ -295,6 +308,10 @@ def open_session(
             raise UsageError(f"cannot load target {what!r}: {exc.message}") from None
     info = infos[0]
     inner_info = infos[1] if inner is not None else None
+    if shard is not None and info.kind != "torch":
+        raise UsageError(
+            f"--shard: {info.ref} is an optax factory; only torch optimizers run sharded (optax: optspec run --world-size N)"
+        )
     if inner_info is not None and (info.kind != "torch" or inner_info.kind != "torch"):
         executor.close()
         raise UsageError("--inner: only torch wrappers are supported (Wrapper(Inner(params, ...), ...))")
@@ -306,6 +323,7 @@ def open_session(
     if isinstance(executor, Isolated):
         executor.warmup = (f"{TARGETS_MODULE}:describe", (target, os.getcwd()))
     session = Session(spec, library, target, executor, info, claimed, overrides, renames, timeout, fixed, inner, inner_info)
+    session.shard = shard
     try:
         _check_keywords(session, renames, fixed)
     except UsageError:
@@ -329,6 +347,7 @@ def check(
     kwargs: Sequence[str] = (),
     inner: str | Any | None = None,
     flags: bool = True,
+    shard: tuple[str, int] | None = None,
 ) -> CheckReport:
     """Check ``target`` against ``rule``; see the module docstring.
 
@@ -336,7 +355,7 @@ def check(
     case, so the falling-norm phase still happens); None keeps the spec's step counts.
     A target that could not be run in any case raises UsageError ("could not run TARGET").
     """
-    session = open_session(rule, target, library, variant, hypers, maps, timeout, isolate, kwargs, inner)
+    session = open_session(rule, target, library, variant, hypers, maps, timeout, isolate, kwargs, inner, shard)
     try:
         report = run_session(session, behaviour, dtypes, steps, flags)
         report.target_output = session.executor.captured()
@@ -389,7 +408,12 @@ def run_session(
     report.cases = [r.result for r in ran]
     _refuse_if_nothing_ran(session, ran)
     report.diagnosis = _diagnose(session, main, ran)
-    if behaviour:
+    if behaviour and session.shard is not None:
+        from optspec.checking.sharded import reshard_behaviour
+
+        report.behaviour = [reshard_behaviour(session)]
+        session.notes.append("the one-process behavioural checks are not run with --shard (run the check without it for them)")
+    elif behaviour:
         from optspec.checking.behaviour import run_behaviour
 
         report.behaviour = run_behaviour(session, report)
@@ -420,6 +444,12 @@ def _diagnose(session: Session, main: Sequence[_Ran], ran: Sequence[_Ran]) -> Di
     """The explanation of the numeric failures: a precision finding, a variant, or 'unexplained'."""
     spec = session.spec
     numeric = [r for r in main if r.result.failure == "numeric"]
+    if session.shard is not None and numeric:
+        from optspec.checking.sharded import local_shard_diagnosis
+
+        local = local_shard_diagnosis(session, numeric)
+        if local is not None:
+            return local
     float64_all = [r for r in ran if r.result.failure == "numeric" and r.result.dtype == "float64"]
     if float64_all and all(r.observed is not None and _within_float32(r.expected, r.observed) for r in float64_all):
         for r in float64_all:

@@ -69,6 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time limit of importing the target and of each run (default 60)",
     )
     parser.add_argument("--no-behaviour", action="store_true", help="skip the behavioural checks")
+    parser.add_argument(
+        "--shard",
+        choices=("dtensor", "dtensor1", "fsdp2", "zero"),
+        default=None,
+        help="run the cases on sharded parameters: DTensor Shard(0) (dtensor) or Shard(1) (dtensor1), "
+        "fully_shard (fsdp2) or ZeroRedundancyOptimizer (zero), over a gloo group of --world-size ranks",
+    )
+    parser.add_argument("--world-size", type=int, default=2, metavar="N", help="ranks of --shard (default 2)")
     parser.set_defaults(func=run)
 
 
@@ -81,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.html, "--html")
     if args.html is not None and importlib.util.find_spec("matplotlib") is None:
         raise UsageError(f"--html {args.html}: the plot needs matplotlib; pip install 'optspec[report]'")
+    shard = None
+    if args.shard is not None:
+        from optspec.checking.sharded import layout_for
+
+        shard = (layout_for(args.shard, args.world_size), args.world_size)
     report = check(
         args.rule,
         args.target,
@@ -92,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         behaviour=not args.no_behaviour,
         kwargs=args.kwarg,
         inner=args.inner,
+        shard=shard,
     )
     print(format_report(report))
     if args.json is not None:

@@ -13,7 +13,7 @@ from optspec.commands import add_spec_options, check_output_file, library_from, 
 from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record, run_check
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
-from optspec.impls import all_implementations, implementation
+from optspec.impls import all_implementations, implementation, sharded_implementations
 from optspec.impls.schedule_base import enumerate_schedule_checks, run_schedule_check
 
 
@@ -27,6 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every check's result here")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only the matrix and failures")
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="add the sharded columns (torch DTensor, FSDP2, ZeRO over a gloo group of N ranks; optax over N host devices)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -36,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     for rule in args.rule:
         library.get(rule)
     directory = args.dir or default_golden_dir()
+    if args.world_size is not None and not 1 < args.world_size <= 64:
+        raise UsageError(f"--world-size {args.world_size}: must be from 2 to 64")
     impls = [implementation(name) for name in args.impl] if args.impl else all_implementations()
+    if args.world_size is not None and not args.impl:
+        impls = [*impls, *sharded_implementations(args.world_size)]
     run_rules = bool(args.rule) or not args.schedule
     run_schedules = (bool(args.schedule) or not args.rule) and not args.impl
     checks = []
