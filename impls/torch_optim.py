@@ -14,6 +14,9 @@ Paths (:data:`PATHS`, the keyword arguments that select them; torch 2.13 sources
   adam.py:47); ``step()`` then runs with autograd enabled (``_use_grad_for_differentiable``)
   and the for-loop functions take their tensor-scalar branch (adam.py:477 ``if capturable or
   differentiable``), where the bias corrections are tensors of the step's float32 dtype;
+* ``param-groups``: the for-loop kernels with every hyperparameter and flag given as an option
+  of the parameter group (``[{"params": ..., "lr": ..., ...}]``) rather than a constructor keyword,
+  so that an option read from the constructor instead of the group shows (float64 only);
 * ``capturable``: ``capturable=True, foreach=True`` (Adam, AdamW, Adamax, Adadelta, RMSprop,
   RAdam, NAdam have the argument, e.g. adam.py:46; SGD and Adagrad do not). torch 2.13 refuses
   it on the CPU: each function raises unless the parameter's device is in
@@ -191,7 +194,12 @@ PATHS: dict[str, tuple[dict[str, bool], frozenset[str] | None]] = {
     "fused": ({"fused": True}, FUSED_RULES),
     "differentiable": ({"differentiable": True, "foreach": False}, None),
     "capturable": ({"capturable": True, "foreach": True}, CAPTURABLE_RULES),
+    # not a kernel but how hyperparameters arrive: in a parameter group's dict instead of the
+    # constructor's keywords (torch.optim documents per-group options); the for-loop kernels
+    "param-groups": ({"foreach": False}, None),
 }
+#: paths that pass every hyperparameter and flag as a parameter-group option
+GROUP_OPTION_PATHS = frozenset({"param-groups"})
 
 
 def torch_unavailable() -> str | None:
@@ -215,8 +223,12 @@ def run_torch_optimizer(
     record: Sequence[int],
     what: str,
     device: str = "cpu",
+    group_options: Mapping[str, Any] | None = None,
 ) -> Trajectory:
-    """Run a torch optimizer on the case inputs and read parameters and state."""
+    """Run a torch optimizer on the case inputs and read parameters and state.
+
+    ``group_options`` go into the single parameter group's dict (``[{"params": ..., **options}]``)
+    instead of the constructor's keywords."""
     import torch
 
     torch_dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}[
@@ -224,7 +236,8 @@ def run_torch_optimizer(
     ]
     params = [torch.tensor(p, dtype=torch_dtype, device=device) for p in inputs.params]
     try:
-        optimizer = optimizer_class(params, **kwargs)
+        groups = params if group_options is None else [{"params": params, **group_options}]
+        optimizer = optimizer_class(groups, **kwargs)
     except Exception as exc:  # the library's own error, reported with its message
         raise AdapterError(f"{what}: constructing the optimizer raised {type(exc).__name__}: {exc}") from None
     wanted = set(record)
@@ -270,15 +283,20 @@ def _numpy(tensor: Any) -> np.ndarray:
 
 
 class TorchOptim:
-    """One torch.optim code path (a key of :data:`PATHS`) on one device."""
+    """One torch.optim code path (a key of :data:`PATHS`) on one device.
+
+    ``param-groups`` runs in float64 only: it checks where hyperparameters are read, not arithmetic.
+    """
 
     framework = "torch"
-    dtypes = ("float32", "float64", "bfloat16", "float16")
 
     def __init__(self, path: str, device: str = "cpu") -> None:
         if path not in PATHS:
             raise ValueError(f"unknown torch.optim path {path!r} (known: {', '.join(PATHS)})")
         self.path = path
+        self.dtypes: tuple[str, ...] = (
+            ("float64",) if path in GROUP_OPTION_PATHS else ("float32", "float64", "bfloat16", "float16")
+        )
         self.device = device
         suffix = "" if device == "cpu" else f".{device}"
         self.name = f"torch.{path}{suffix}"
@@ -302,7 +320,8 @@ class TorchOptim:
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
         assert plan.binding is not None
-        kwargs = {**plan.kwargs, **PATHS[self.path][0]}
+        per_group = self.path in GROUP_OPTION_PATHS
+        kwargs = {**({} if per_group else plan.kwargs), **PATHS[self.path][0]}
         return run_torch_optimizer(
             resolve_target(plan.binding.target),
             kwargs,
@@ -313,6 +332,7 @@ class TorchOptim:
             record,
             f"{self.name} {plan.binding.target}",
             self.device,
+            group_options=dict(plan.kwargs) if per_group else None,
         )
 
 

@@ -36,8 +36,16 @@ def test_every_torch_path_is_an_implementation() -> None:
     from optspec.impls.torch_optim import IMPLEMENTATIONS
 
     names = [i.name for i in IMPLEMENTATIONS]
-    assert names == ["torch.for-loop", "torch.foreach", "torch.fused", "torch.differentiable", "torch.capturable"], names
-    assert all(set(HALF_DTYPES) <= set(i.dtypes) for i in IMPLEMENTATIONS), "every torch path must run bfloat16 and float16"
+    assert names == [
+        "torch.for-loop",
+        "torch.foreach",
+        "torch.fused",
+        "torch.differentiable",
+        "torch.capturable",
+        "torch.param-groups",
+    ], names
+    kernels = [i for i in IMPLEMENTATIONS if i.path != "param-groups"]
+    assert all(set(HALF_DTYPES) <= set(i.dtypes) for i in kernels), "every torch kernel path must run bfloat16 and float16"
 
 
 def test_capturable_on_the_cpu_is_not_run_with_torchs_reason() -> None:
@@ -143,3 +151,29 @@ def test_defect_registry_errors_are_one_line(text: str, message: str) -> None:
     with pytest.raises(AdapterError) as info:
         parse_defects(text, "impls/defects.toml")
     assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
+
+
+def test_differentiable_float64_adam_is_the_registered_float32_step_scalars() -> None:
+    """adam.py:477-520: with differentiable=True the bias corrections are float32 tensors (the step's dtype).
+
+    Under the float64 budget the defaults case fails by about 8e-9 relative; it passes under the
+    float64_scalar32 profile (binary64 tensors, binary32 step scalars), measured for it on the fly.
+    """
+    (check,) = [c for c in _checks("adam", "torch.differentiable", "float64") if c.test.name == "adam/default/defaults"]
+    result = run_check(check)
+    assert result.status == "deviation" and result.profile == "float64_scalar32", result
+    assert [d.id for d in result.deviations] == ["torch-differentiable-float32-step-scalars"], result.deviations
+    plain = run_check(dataclasses.replace(check, implementation=implementation("torch.for-loop")))
+    assert plain.status == "conforms" and plain.profile == "float64", "the for-loop path must conform in float64"
+
+
+def test_adagrad_group_initial_accumulator_is_the_registered_defect() -> None:
+    """adagrad.py:79-97 fills state['sum'] from the constructor argument, not the group's option."""
+    results = [run_check(c) for c in _checks("adagrad", "torch.param-groups", "float64")]
+    failed = [r for r in results if r.status == "fails"]
+    assert failed and all(r.case == "knobs" for r in failed), [(r.test, r.status) for r in results]
+    assert all(r.defect is not None and r.defect.id == "torch-adagrad-group-initial-accumulator-ignored" for r in failed)
+    assert all(r.status in ("conforms", "deviation", "skipped") for r in results if r.case != "knobs")
+    # The same hyperparameters as constructor keywords conform.
+    keywords = [run_check(c) for c in _checks("adagrad", "torch.for-loop", "float64") if c.test.case == "knobs"]
+    assert keywords and all(r.status in ("conforms", "deviation") for r in keywords), [r.message for r in keywords]

@@ -102,6 +102,12 @@ ALL_PROFILES: dict[str, Profile] = {
         Profile("float32_scalar32", "float32", "float32", doc="binary32 tensors and step scalars (JAX without x64)"),
         Profile("bfloat16", "bfloat16", "float64", doc="bfloat16 tensors, binary64 step scalars"),
         Profile("bfloat16_scalar32", "bfloat16", "float32", doc="bfloat16 tensors, binary32 step scalars"),
+        Profile(
+            "float64_scalar32",
+            "float64",
+            "float32",
+            doc="binary64 tensors, binary32 step scalars (torch's differentiable path: the step is a float32 tensor)",
+        ),
         Profile("float16", "float16", "float64", doc="binary16 tensors, binary64 step scalars (torch.optim)"),
         Profile("float16_scalar32", "float16", "float32", doc="binary16 tensors, binary32 step scalars"),
     )
@@ -129,7 +135,9 @@ def ensembles_for(profiles: Collection[str], members: int = MEMBERS, seed: int =
     by_pass: dict[tuple[type[np.floating[Any]], bool], list[MemberGroup]] = {}
     for name in profiles:
         p = ALL_PROFILES[name]
-        carrier = np.longdouble if p.tensor == "float64" else np.float64
+        # float64_scalar32: binary32 scalar rounding exceeds binary64 tensor rounding by 2^29, so
+        # binary64 carries it (its tensor sites are then exact, within the FLOOR term).
+        carrier = np.longdouble if p.tensor == p.scalar == "float64" else np.float64
         half = p.tensor in ("bfloat16", "float16")
         for systematic in (False, True):
             by_pass.setdefault((carrier, half), []).append(MemberGroup(name, members, p.tensor, p.scalar, p.const, systematic))
