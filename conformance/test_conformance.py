@@ -8,20 +8,40 @@ that cannot express the case, is skipped with the reason. A failure that a known
 registry entry (impls/defects.toml: a library bug, with its source lines and upstream report)
 explains is an expected failure with that reason; bfloat16 and float16 checks run for the
 implementations that declare those dtypes (every torch path).
+
+The default run keeps the bulk cheap: the float32 and float64 checks of the for-loop, foreach
+and fused paths and of every other implementation run on every golden case, but the 16-bit
+rows and the differentiable, capturable and param-groups paths run on the ``defaults`` and
+``knobs`` cases only (every hyperparameter and knob that matters; the cases where the
+registered defects show). ``OPTSPEC_CONFORMANCE=full`` (``tox -e paths``) runs every case of
+every path and dtype, as ``optspec run`` does.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from optspec.conformance import enumerate_checks, load_goldens, run_check
+from optspec.conformance import HALF_DTYPES, Check, enumerate_checks, load_goldens, run_check
 from optspec.impls import all_implementations
 from optspec.spec import SpecLibrary
 
 from .conftest import GOLDEN_DIR
 
+#: the paths beyond for-loop, foreach and fused, subset in the default run like the 16-bit rows
+_EXTRA_PATHS = ("torch.differentiable", "torch.capturable", "torch.param-groups")
+_REPRESENTATIVE_CASES = ("defaults", "knobs")
+_FULL = os.environ.get("OPTSPEC_CONFORMANCE", "") == "full"
+
+
+def _in_this_run(check: Check) -> bool:
+    extra = check.dtype in HALF_DTYPES or check.implementation.name.startswith(_EXTRA_PATHS)
+    return _FULL or not extra or check.test.case in _REPRESENTATIVE_CASES
+
+
 _LIBRARY = SpecLibrary()
-_CHECKS = enumerate_checks(_LIBRARY, load_goldens(_LIBRARY, GOLDEN_DIR), all_implementations())
+_CHECKS = [c for c in enumerate_checks(_LIBRARY, load_goldens(_LIBRARY, GOLDEN_DIR), all_implementations()) if _in_this_run(c)]
 
 
 @pytest.mark.parametrize("check", _CHECKS, ids=[c.id for c in _CHECKS])
