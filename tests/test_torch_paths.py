@@ -154,7 +154,7 @@ def test_defect_registry_errors_are_one_line(text: str, message: str) -> None:
 
 
 def test_differentiable_float64_adam_is_the_registered_float32_step_scalars() -> None:
-    """adam.py:477-520: with differentiable=True the bias corrections are float32 tensors (the step's dtype).
+    """adam.py:477-526: with differentiable=True the bias corrections are float32 tensors (the step's dtype).
 
     Under the float64 budget the defaults case fails by about 8e-9 relative; it passes under the
     float64_scalar32 profile (binary64 tensors, binary32 step scalars), measured for it on the fly.
