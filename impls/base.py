@@ -231,7 +231,7 @@ _REGISTRY_SCHEMA: dict[str, Any] = {
                     "id": {"type": "string"},
                     "implementations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "dtype": {"enum": ["float32", "float64"]},
-                    "profile": {"enum": ["float32_scalar32"]},
+                    "profile": {"enum": ["float32_scalar32", "float64_scalar32"]},
                     "reason": {"type": "string", "minLength": 20},
                     "upstream": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 },

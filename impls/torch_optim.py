@@ -1,8 +1,33 @@
-"""torch.optim under test: the for-loop, foreach and fused implementations.
+"""torch.optim under test: every code path of torch.optim on the CPU.
 
 Each rule is bound to a ``torch.optim`` class by data alone; the runner sets
 ``param.grad`` each step, writes ``group["lr"] = eta * s_t`` before the step (what an
 ``LRScheduler`` does) and reads ``optimizer.state[param]``.
+
+Paths (:data:`PATHS`, the keyword arguments that select them; torch 2.13 sources):
+
+* ``for-loop``: ``foreach=False``, the single-tensor ``_single_tensor_<name>`` functions;
+* ``foreach``: ``foreach=True``, ``_multi_tensor_<name>``;
+* ``fused``: ``fused=True``, ``torch._fused_<name>_`` kernels (SGD, Adam, AdamW, Adagrad on the
+  CPU: the classes with a ``fused`` argument, e.g. torch/optim/sgd.py:41, adagrad.py:41);
+* ``differentiable``: ``differentiable=True`` (every bound class has it, e.g. sgd.py:40,
+  adam.py:47); ``step()`` then runs with autograd enabled (``_use_grad_for_differentiable``)
+  and the for-loop functions take their tensor-scalar branch (adam.py:477 ``if capturable or
+  differentiable``), where the bias corrections are tensors of the step's float32 dtype;
+* ``param-groups``: the for-loop kernels with every hyperparameter and flag given as an option
+  of the parameter group (``[{"params": ..., "lr": ..., ...}]``) rather than a constructor keyword,
+  so that an option read from the constructor instead of the group shows (float64 only);
+* ``capturable``: ``capturable=True, foreach=True`` (Adam, AdamW, Adamax, Adadelta, RMSprop,
+  RAdam, NAdam have the argument, e.g. adam.py:46; SGD and Adagrad do not). torch 2.13 refuses
+  it on the CPU: each function raises unless the parameter's device is in
+  ``_get_capturable_supported_devices()`` = cuda, xpu, hpu, the privateuse1 backend and xla
+  (optimizer.py:218-225, adam.py:403-410). The path is probed once; where the probe raises,
+  every capturable case is skipped with torch's message (on CUDA, :mod:`optspec.impls.torch_cuda`).
+
+Parameter dtypes: float64, float32, bfloat16 and float16. torch keeps every state slot in the
+parameter's dtype (``torch.zeros_like(p)``), except the step counter and NAdam's
+``mu_product``, float32 tensors (``_get_scalar_dtype()``, optimizer.py:210-215); the fused CPU
+kernels compute in float32 (``opmath_t``) and store in the parameter's dtype.
 """
 
 from __future__ import annotations
@@ -10,6 +35,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -158,6 +184,22 @@ BINDINGS: dict[str, Binding] = {
 
 #: torch.optim classes that accept ``fused=True`` on the CPU in torch 2.13.
 FUSED_RULES = frozenset({"sgd", "adam", "adamw", "adagrad", "amsgrad"})
+#: torch.optim classes with a ``capturable`` argument in torch 2.13 (SGD and Adagrad have none).
+CAPTURABLE_RULES = frozenset({"adam", "adamw", "adamax", "adadelta", "rmsprop", "radam", "nadam", "amsgrad"})
+
+#: path -> the keyword arguments that select it, and the rules whose class has that path.
+PATHS: dict[str, tuple[dict[str, bool], frozenset[str] | None]] = {
+    "for-loop": ({"foreach": False}, None),
+    "foreach": ({"foreach": True}, None),
+    "fused": ({"fused": True}, FUSED_RULES),
+    "differentiable": ({"differentiable": True, "foreach": False}, None),
+    "capturable": ({"capturable": True, "foreach": True}, CAPTURABLE_RULES),
+    # not a kernel but how hyperparameters arrive: in a parameter group's dict instead of the
+    # constructor's keywords (torch.optim documents per-group options); the for-loop kernels
+    "param-groups": ({"foreach": False}, None),
+}
+#: paths that pass every hyperparameter and flag as a parameter-group option
+GROUP_OPTION_PATHS = frozenset({"param-groups"})
 
 
 def torch_unavailable() -> str | None:
@@ -181,14 +223,21 @@ def run_torch_optimizer(
     record: Sequence[int],
     what: str,
     device: str = "cpu",
+    group_options: Mapping[str, Any] | None = None,
 ) -> Trajectory:
-    """Run a torch optimizer on the case inputs and read parameters and state."""
+    """Run a torch optimizer on the case inputs and read parameters and state.
+
+    ``group_options`` go into the single parameter group's dict (``[{"params": ..., **options}]``)
+    instead of the constructor's keywords."""
     import torch
 
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype
+    ]
     params = [torch.tensor(p, dtype=torch_dtype, device=device) for p in inputs.params]
     try:
-        optimizer = optimizer_class(params, **kwargs)
+        groups = params if group_options is None else [{"params": params, **group_options}]
+        optimizer = optimizer_class(groups, **kwargs)
     except Exception as exc:  # the library's own error, reported with its message
         raise AdapterError(f"{what}: constructing the optimizer raised {type(exc).__name__}: {exc}") from None
     wanted = set(record)
@@ -234,13 +283,20 @@ def _numpy(tensor: Any) -> np.ndarray:
 
 
 class TorchOptim:
-    """One torch.optim code path: ``for-loop`` (foreach=False), ``foreach`` or ``fused``."""
+    """One torch.optim code path (a key of :data:`PATHS`) on one device.
+
+    ``param-groups`` runs in float64 only: it checks where hyperparameters are read, not arithmetic.
+    """
 
     framework = "torch"
-    dtypes = ("float32", "float64")
 
     def __init__(self, path: str, device: str = "cpu") -> None:
+        if path not in PATHS:
+            raise ValueError(f"unknown torch.optim path {path!r} (known: {', '.join(PATHS)})")
         self.path = path
+        self.dtypes: tuple[str, ...] = (
+            ("float64",) if path in GROUP_OPTION_PATHS else ("float32", "float64", "bfloat16", "float16")
+        )
         self.device = device
         suffix = "" if device == "cpu" else f".{device}"
         self.name = f"torch.{path}{suffix}"
@@ -252,20 +308,20 @@ class TorchOptim:
 
             if not torch.cuda.is_available():
                 return "no CUDA device (torch.cuda.is_available() is False)"
+        if reason is None and self.path == "capturable":
+            return capturable_refused(self.device)
         return reason
 
     def binding(self, rule: str) -> Binding | None:
-        if self.path == "fused" and rule not in FUSED_RULES:
+        rules = PATHS[self.path][1]
+        if rules is not None and rule not in rules:
             return None
         return BINDINGS.get(rule)
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
         assert plan.binding is not None
-        kwargs = dict(plan.kwargs)
-        if self.path == "fused":
-            kwargs["fused"] = True
-        else:
-            kwargs["foreach"] = self.path == "foreach"
+        per_group = self.path in GROUP_OPTION_PATHS
+        kwargs = {**({} if per_group else plan.kwargs), **PATHS[self.path][0]}
         return run_torch_optimizer(
             resolve_target(plan.binding.target),
             kwargs,
@@ -276,7 +332,26 @@ class TorchOptim:
             record,
             f"{self.name} {plan.binding.target}",
             self.device,
+            group_options=dict(plan.kwargs) if per_group else None,
         )
 
 
-IMPLEMENTATIONS = (TorchOptim("for-loop"), TorchOptim("foreach"), TorchOptim("fused"))
+@cache
+def capturable_refused(device: str) -> str | None:
+    """None when ``capturable=True`` steps on ``device``, else why not (torch's own message).
+
+    A probe rather than a device list: one Adam step on a one-element tensor, so that a torch
+    that allows the path on this device is run, and one that refuses it is skipped with its reason.
+    """
+    import torch
+
+    param = torch.zeros(1, device=device)
+    param.grad = torch.ones(1, device=device)
+    try:
+        torch.optim.Adam([param], capturable=True, foreach=True).step()
+    except Exception as exc:  # torch's AssertionError names the supported devices
+        return f"torch {torch.__version__} does not run capturable=True on {device}: {type(exc).__name__}: {exc}"
+    return None
+
+
+IMPLEMENTATIONS = tuple(TorchOptim(path) for path in PATHS)

@@ -58,8 +58,13 @@ MEMBERS = 8
 SEED = 20261201
 U32 = UNIT["float32"]
 U64 = UNIT["float64"]
-#: The profiles a golden file stores.
+#: The profiles every golden file stores (rules and schedules).
 PROFILES = ("float64", "float32", "float32_scalar32")
+#: The 16-bit parameter profiles a rule's golden file also stores: torch's bfloat16 and float16
+#: runs (tensors and state in the parameter's format, step scalars Python doubles). A file
+#: generated before they were stored lacks them; checks that need them are skipped saying so.
+HALF_PROFILES = ("bfloat16", "float16")
+RULE_PROFILES = (*PROFILES, *HALF_PROFILES)
 
 #: budgets[profile][step][tensor][slot]
 Budgets = dict[str, dict[int, list[dict[str, float]]]]
@@ -97,6 +102,14 @@ ALL_PROFILES: dict[str, Profile] = {
         Profile("float32_scalar32", "float32", "float32", doc="binary32 tensors and step scalars (JAX without x64)"),
         Profile("bfloat16", "bfloat16", "float64", doc="bfloat16 tensors, binary64 step scalars"),
         Profile("bfloat16_scalar32", "bfloat16", "float32", doc="bfloat16 tensors, binary32 step scalars"),
+        Profile(
+            "float64_scalar32",
+            "float64",
+            "float32",
+            doc="binary64 tensors, binary32 step scalars (torch's differentiable path: the step is a float32 tensor)",
+        ),
+        Profile("float16", "float16", "float64", doc="binary16 tensors, binary64 step scalars (torch.optim)"),
+        Profile("float16_scalar32", "float16", "float32", doc="binary16 tensors, binary32 step scalars"),
     )
 }
 
@@ -115,14 +128,20 @@ def _custom_precision(tensor: str, scalar: str) -> Precision:
 
 def ensembles_for(profiles: Collection[str], members: int = MEMBERS, seed: int = SEED) -> list[Ensemble]:
     """The Monte Carlo ensembles that measure ``profiles``: one pass in a binary64 carrier for
-    the profiles of narrower formats, one in longdouble for the float64 profile."""
-    by_carrier: dict[type[np.floating[Any]], list[MemberGroup]] = {}
+    the binary32 profiles, one in longdouble for the float64 profile, and one more binary64 pass,
+    seeded with ``seed + 1``, for the 16-bit profiles. The 16-bit pass is separate so that adding
+    or dropping it leaves every binary32 and binary64 budget bit for bit as it was (the members'
+    draws depend on which groups share a pass)."""
+    by_pass: dict[tuple[type[np.floating[Any]], bool], list[MemberGroup]] = {}
     for name in profiles:
         p = ALL_PROFILES[name]
-        carrier = np.longdouble if p.tensor == "float64" else np.float64
+        # float64_scalar32: binary32 scalar rounding exceeds binary64 tensor rounding by 2^29, so
+        # binary64 carries it (its tensor sites are then exact, within the FLOOR term).
+        carrier = np.longdouble if p.tensor == p.scalar == "float64" else np.float64
+        half = p.tensor in ("bfloat16", "float16")
         for systematic in (False, True):
-            by_carrier.setdefault(carrier, []).append(MemberGroup(name, members, p.tensor, p.scalar, p.const, systematic))
-    return [Ensemble(tuple(groups), carrier, seed) for carrier, groups in by_carrier.items()]
+            by_pass.setdefault((carrier, half), []).append(MemberGroup(name, members, p.tensor, p.scalar, p.const, systematic))
+    return [Ensemble(tuple(groups), carrier, seed + half) for (carrier, half), groups in by_pass.items()]
 
 
 def measure(
@@ -194,14 +213,14 @@ def combine(
     return out
 
 
-def header(method: str = "monte-carlo-arithmetic") -> dict[str, Any]:
+def header(method: str = "monte-carlo-arithmetic", profiles: Iterable[str] = PROFILES) -> dict[str, Any]:
     """The ``errorModel`` header of a golden file: what reproduces its budgets."""
     members = MEMBERS if method == "monte-carlo-arithmetic" else 0
     return {
         "method": method,
         "K": K,
         "floorUlps": FLOOR_ULPS,
-        "profiles": list(PROFILES),
+        "profiles": list(profiles),
         "ensemble": {"random": members, "systematic": members, "seed": SEED, "exact": "longdouble (64-bit significand)"},
         "doc": "conformance/README.md#error-model",
     }

@@ -117,13 +117,22 @@ def print_matrix(table: dict, implementations: list[str], what: str = "rule") ->
         cells = [table[rule][c].status if c in table[rule] else "-" for c in columns]
         print(rule.ljust(width) + "  " + "  ".join(s.ljust(w) for s, w in zip(cells, widths)))
     notes = {}
-    for row in table.values():
-        for cell in row.values():
+    defects: dict[str, tuple[Any, list[str]]] = {}
+    for rule, row in sorted(table.items()):
+        for name, cell in row.items():
             notes.update(cell.deviations)
+            for defect in cell.defects.values():
+                defects.setdefault(defect.id, (defect, []))[1].append(f"{rule} x {name}")
     if notes:
         print("\nknown deviations:")
         for deviation in notes.values():
             print(f"  [{deviation.id}] {deviation.summary}: {deviation.reason} ({'; '.join(deviation.upstream)})")
+        print()
+    if defects:
+        # Failures all the same: a registered defect explains them, it does not excuse them.
+        print("\nknown defects (these cells fail):")
+        for defect, cells in defects.values():
+            print(f"  [{defect.id}] {', '.join(cells)}: {defect.reason} ({'; '.join(defect.upstream)})")
         print()
 
 

@@ -102,7 +102,8 @@ def check_rule_sample(spec: Spec, golden: GoldenFile, tests: Sequence[Any], seed
                     budget = fresh.atol["float64"][step][index][slot]
                     stored = test.expected[step][index][slot]
                     _agree(where, f"step {step} {slot}[{index}]", stored, value, budget, seed)
-                    for profile in fresh.atol:
+                    # a 16-bit profile a file lacks (older than those budgets) makes its checks skip, not pass
+                    for profile in (p for p in fresh.atol if p in test.atol):
                         _budget_agrees(
                             where,
                             f"step {step} {slot}[{index}] atol {profile}",

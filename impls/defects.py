@@ -1,0 +1,99 @@
+"""The known-defect registry (``defects.toml``): failures confirmed as the library's bugs.
+
+A defect never changes a verdict: a check it applies to still fails, and ``optspec run`` prints
+the entry under the matrix so that a reader sees why. The conformance test turns such a failure
+into an expected failure with the entry's reason (pytest's xfail), so the suite stays green on a
+library with a recorded, evidenced bug and goes red on any failure nobody explained.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from optspec.errors import AdapterError
+
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "defect": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "rule", "implementations", "dtypes", "reason", "evidence", "upstream"],
+                "properties": {
+                    "id": {"type": "string", "minLength": 1},
+                    "rule": {"type": "string", "minLength": 1},
+                    "implementations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "dtypes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "reason": {"type": "string", "minLength": 20},
+                    "evidence": {"type": "array", "items": {"type": "string", "minLength": 10}, "minItems": 1},
+                    "upstream": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                },
+            },
+        }
+    },
+}
+
+
+@dataclass(frozen=True)
+class Defect:
+    """A library bug: ``implementations`` (glob patterns) compute ``rule`` wrongly in ``dtypes``."""
+
+    id: str
+    rule: str
+    implementations: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    reason: str
+    evidence: tuple[str, ...]
+    upstream: tuple[str, ...]
+
+    def applies_to(self, rule: str, implementation: str, dtype: str) -> bool:
+        return (
+            rule == self.rule
+            and dtype in self.dtypes
+            and any(fnmatch.fnmatchcase(implementation, pattern) for pattern in self.implementations)
+        )
+
+
+@cache
+def defects() -> tuple[Defect, ...]:
+    """The registry, validated; a malformed file is a one-line AdapterError."""
+    shown = "impls/defects.toml"
+    try:
+        text = resources.files("optspec.impls").joinpath("defects.toml").read_text()
+    except OSError as exc:
+        raise AdapterError(f"{shown}: cannot read the known-defect registry ({exc})") from None
+    return parse_defects(text, shown)
+
+
+def parse_defects(text: str, shown: str) -> tuple[Defect, ...]:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AdapterError(f"{shown}: not valid TOML ({exc})") from None
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(table))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise AdapterError(f"{shown}: at {where}: {error.message}")
+    out = tuple(
+        Defect(**{key: tuple(value) if isinstance(value, list) else value for key, value in item.items()})
+        for item in table.get("defect", [])
+    )
+    ids = [d.id for d in out]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise AdapterError(f"{shown}: duplicate defect id {duplicates[0]!r}")
+    return out
+
+
+def find_defect(rule: str, implementation: str, dtype: str) -> Defect | None:
+    return next((d for d in defects() if d.applies_to(rule, implementation, dtype)), None)
