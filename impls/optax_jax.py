@@ -216,6 +216,15 @@ def lars(
     )
 
 
+def rprop(learning_rate: Schedule, eta_minus: float, eta_plus: float, min_step_size: float, max_step_size: float) -> Any:
+    """optax.rprop: learning_rate is the initial step size only (a constant; Rprop specs have no scheduled case)."""
+    import optax
+
+    return optax.rprop(
+        learning_rate, eta_minus=eta_minus, eta_plus=eta_plus, min_step_size=min_step_size, max_step_size=max_step_size
+    )
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -232,6 +241,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "sgdw": sgdw,
     "lamb": lamb,
     "lars": lars,
+    "rprop": rprop,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -421,6 +431,20 @@ BINDINGS: dict[str, Binding] = {
             },
         },
         state={"b": Slot("trace", sign=-1.0)},
+    ),
+    # --- issue 12b: rules added after the 2019 Adam family (new entries only) ---
+    "rprop": Binding(
+        rule="rprop",
+        target="optax.rprop",
+        hyper={
+            "eta_minus": "eta_minus",
+            "eta_plus": "eta_plus",
+            "step_size_min": "min_step_size",
+            "step_size_max": "max_step_size",
+        },
+        # optax/_src/transform.py:929-954: Delta kept where s == 0; the update is the stored u_{t-1}
+        variants={"zero_product": {"keep": Support()}, "timing": {"lagged": Support()}},
+        state={"delta": Slot("step_sizes"), "u": Slot("prev_updates")},
     ),
 }
 
