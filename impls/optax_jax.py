@@ -225,6 +225,16 @@ def rprop(learning_rate: Schedule, eta_minus: float, eta_plus: float, min_step_s
     )
 
 
+def yogi(learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root: float, initial_accumulator_value: float) -> Any:
+    """optax.yogi is chain(scale_by_yogi, scale_by_learning_rate); built from its parts to pass eps_root and the initial value."""
+    import optax
+
+    return optax.chain(
+        optax.scale_by_yogi(b1=b1, b2=b2, eps=eps, eps_root=eps_root, initial_accumulator_value=initial_accumulator_value),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -242,6 +252,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "lamb": lamb,
     "lars": lars,
     "rprop": rprop,
+    "yogi": yogi,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -445,6 +456,19 @@ BINDINGS: dict[str, Binding] = {
         # optax/_src/transform.py:929-954: Delta kept where s == 0; the update is the stored u_{t-1}
         variants={"zero_product": {"keep": Support()}, "timing": {"lagged": Support()}},
         state={"delta": Slot("step_sizes"), "u": Slot("prev_updates")},
+    ),
+    "yogi": Binding(
+        rule="yogi",
+        target="optax.yogi",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "initial_accumulator_value": "initial_accumulator_value",
+        },
+        variants={},
+        state={"m": Slot("mu"), "v": Slot("nu")},
     ),
 }
 
