@@ -235,6 +235,12 @@ def yogi(learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root: fl
     )
 
 
+def adamaxw(learning_rate: Schedule, b1: float, b2: float, eps: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.adamaxw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -253,6 +259,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "lars": lars,
     "rprop": rprop,
     "yogi": yogi,
+    "adamaxw": adamaxw,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -469,6 +476,13 @@ BINDINGS: dict[str, Binding] = {
         },
         variants={},
         state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "adamaxw": Binding(
+        rule="adamaxw",
+        target="optax.adamaxw",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={},
+        state={"m": Slot("mu"), "u": Slot("nu")},
     ),
 }
 
