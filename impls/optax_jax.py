@@ -241,6 +241,12 @@ def adamaxw(learning_rate: Schedule, b1: float, b2: float, eps: float, weight_de
     return optax.adamaxw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
+def novograd(learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.novograd(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -260,6 +266,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "rprop": rprop,
     "yogi": yogi,
     "adamaxw": adamaxw,
+    "novograd": novograd,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -483,6 +490,13 @@ BINDINGS: dict[str, Binding] = {
         hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "weight_decay": "weight_decay"},
         variants={},
         state={"m": Slot("mu"), "u": Slot("nu")},
+    ),
+    "novograd": Binding(
+        rule="novograd",
+        target="optax.novograd",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "eps_root": "eps_root", "weight_decay": "weight_decay"},
+        variants={},
+        state={"m": Slot("mu"), "v": Slot("nu")},
     ),
 }
 
