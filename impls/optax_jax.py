@@ -247,6 +247,12 @@ def novograd(learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root
     return optax.novograd(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
 
 
+def sign_sgd(learning_rate: Schedule) -> Any:
+    import optax
+
+    return optax.sign_sgd(learning_rate)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -267,6 +273,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "yogi": yogi,
     "adamaxw": adamaxw,
     "novograd": novograd,
+    "sign_sgd": sign_sgd,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -498,6 +505,7 @@ BINDINGS: dict[str, Binding] = {
         variants={},
         state={"m": Slot("mu"), "v": Slot("nu")},
     ),
+    "sign_sgd": Binding(rule="sign_sgd", target="optax.sign_sgd", hyper={}, variants={}, state={}),
 }
 
 
