@@ -253,6 +253,12 @@ def sign_sgd(learning_rate: Schedule) -> Any:
     return optax.sign_sgd(learning_rate)
 
 
+def signum(learning_rate: Schedule, beta: float) -> Any:
+    import optax
+
+    return optax.signum(learning_rate, beta=beta)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -274,6 +280,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "adamaxw": adamaxw,
     "novograd": novograd,
     "sign_sgd": sign_sgd,
+    "signum": signum,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -506,6 +513,7 @@ BINDINGS: dict[str, Binding] = {
         state={"m": Slot("mu"), "v": Slot("nu")},
     ),
     "sign_sgd": Binding(rule="sign_sgd", target="optax.sign_sgd", hyper={}, variants={}, state={}),
+    "signum": Binding(rule="signum", target="optax.signum", hyper={"beta": "beta"}, variants={}, state={"b": Slot("ema")}),
 }
 
 
