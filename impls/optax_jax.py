@@ -259,6 +259,12 @@ def signum(learning_rate: Schedule, beta: float) -> Any:
     return optax.signum(learning_rate, beta=beta)
 
 
+def adan(learning_rate: Schedule, b1: float, b2: float, b3: float, eps: float, eps_root: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.adan(learning_rate, b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -281,6 +287,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "novograd": novograd,
     "sign_sgd": sign_sgd,
     "signum": signum,
+    "adan": adan,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -514,6 +521,21 @@ BINDINGS: dict[str, Binding] = {
     ),
     "sign_sgd": Binding(rule="sign_sgd", target="optax.sign_sgd", hyper={}, variants={}, state={}),
     "signum": Binding(rule="signum", target="optax.signum", hyper={"beta": "beta"}, variants={}, state={"b": Slot("ema")}),
+    "adan": Binding(
+        rule="adan",
+        target="optax.adan",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "beta3": "b3",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "weight_decay": "weight_decay",
+        },
+        # optax/_src/alias.py:914-925: add_decayed_weights after scale_by_adan, before the lr
+        variants={"weight_decay": {"decoupled": Support()}},
+        state={"m": Slot("m"), "v": Slot("v"), "n": Slot("n"), "gprev": Slot("g")},
+    ),
 }
 
 
