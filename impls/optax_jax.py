@@ -265,6 +265,12 @@ def adan(learning_rate: Schedule, b1: float, b2: float, b3: float, eps: float, e
     return optax.adan(learning_rate, b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
 
 
+def adopt(learning_rate: Schedule, b1: float, b2: float, eps: float, use_clipping: bool, nesterov: bool) -> Any:
+    import optax.contrib
+
+    return optax.contrib.adopt(learning_rate, b1=b1, b2=b2, eps=eps, use_clipping=use_clipping, nesterov=nesterov)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -288,6 +294,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "sign_sgd": sign_sgd,
     "signum": signum,
     "adan": adan,
+    "adopt": adopt,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -535,6 +542,16 @@ BINDINGS: dict[str, Binding] = {
         # optax/_src/alias.py:914-925: add_decayed_weights after scale_by_adan, before the lr
         variants={"weight_decay": {"decoupled": Support()}},
         state={"m": Slot("m"), "v": Slot("v"), "n": Slot("n"), "gprev": Slot("g")},
+    ),
+    "adopt": Binding(
+        rule="adopt",
+        target="optax.contrib.adopt",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps"},
+        variants={
+            "clipping": {"on": Support({"use_clipping": True}), "off": Support({"use_clipping": False})},
+            "nesterov": {"off": Support({"nesterov": False}), "on": Support({"nesterov": True})},
+        },
+        state={"m": Slot("mu"), "v": Slot("nu")},
     ),
 }
 
