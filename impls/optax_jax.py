@@ -271,6 +271,16 @@ def adopt(learning_rate: Schedule, b1: float, b2: float, eps: float, use_clippin
     return optax.contrib.adopt(learning_rate, b1=b1, b2=b2, eps=eps, use_clipping=use_clipping, nesterov=nesterov)
 
 
+def ademamix(
+    learning_rate: Schedule, b1: float, b2: float, b3: float, alpha: float, eps: float, eps_root: float, weight_decay: float
+) -> Any:
+    import optax.contrib
+
+    return optax.contrib.ademamix(
+        learning_rate, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+    )
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -295,6 +305,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "signum": signum,
     "adan": adan,
     "adopt": adopt,
+    "ademamix": ademamix,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -552,6 +563,21 @@ BINDINGS: dict[str, Binding] = {
             "nesterov": {"off": Support({"nesterov": False}), "on": Support({"nesterov": True})},
         },
         state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "ademamix": Binding(
+        rule="ademamix",
+        target="optax.contrib.ademamix",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "beta3": "b3",
+            "alpha": "alpha",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "weight_decay": "weight_decay",
+        },
+        variants={},
+        state={"m1": Slot("m1"), "m2": Slot("m2"), "v": Slot("nu")},
     ),
 }
 
