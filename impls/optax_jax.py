@@ -281,6 +281,16 @@ def ademamix(
     )
 
 
+def simplified_ademamix(
+    learning_rate: Schedule, b1: float, b2: float, alpha: float, eps: float, eps_root: float, weight_decay: float
+) -> Any:
+    import optax.contrib
+
+    return optax.contrib.simplified_ademamix(
+        learning_rate, b1=b1, b2=b2, alpha=alpha, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+    )
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -306,6 +316,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "adan": adan,
     "adopt": adopt,
     "ademamix": ademamix,
+    "simplified_ademamix": simplified_ademamix,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -578,6 +589,20 @@ BINDINGS: dict[str, Binding] = {
         },
         variants={},
         state={"m1": Slot("m1"), "m2": Slot("m2"), "v": Slot("nu")},
+    ),
+    "simplified_ademamix": Binding(
+        rule="simplified_ademamix",
+        target="optax.contrib.simplified_ademamix",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "alpha": "alpha",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "weight_decay": "weight_decay",
+        },
+        variants={},
+        state={"m": Slot("m"), "v": Slot("n")},
     ),
 }
 
