@@ -291,6 +291,12 @@ def simplified_ademamix(
     )
 
 
+def optimistic_gradient_descent(learning_rate: Schedule, alpha: float, beta: float) -> Any:
+    import optax
+
+    return optax.optimistic_gradient_descent(learning_rate, alpha=alpha, beta=beta)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -317,6 +323,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "adopt": adopt,
     "ademamix": ademamix,
     "simplified_ademamix": simplified_ademamix,
+    "optimistic_gradient_descent": optimistic_gradient_descent,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -603,6 +610,13 @@ BINDINGS: dict[str, Binding] = {
         },
         variants={},
         state={"m": Slot("m"), "v": Slot("n")},
+    ),
+    "optimistic_gradient_descent": Binding(
+        rule="optimistic_gradient_descent",
+        target="optax.optimistic_gradient_descent",
+        hyper={"alpha": "alpha", "beta": "beta"},
+        variants={},
+        state={"prev": Slot("previous_gradient")},
     ),
 }
 
