@@ -297,6 +297,12 @@ def optimistic_gradient_descent(learning_rate: Schedule, alpha: float, beta: flo
     return optax.optimistic_gradient_descent(learning_rate, alpha=alpha, beta=beta)
 
 
+def optimistic_adam(learning_rate: Schedule, alpha: float, beta: float, b1: float, b2: float, eps: float, eps_root: float) -> Any:
+    import optax
+
+    return optax.optimistic_adam_v2(learning_rate, alpha=alpha, beta=beta, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -324,6 +330,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "ademamix": ademamix,
     "simplified_ademamix": simplified_ademamix,
     "optimistic_gradient_descent": optimistic_gradient_descent,
+    "optimistic_adam": optimistic_adam,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -617,6 +624,13 @@ BINDINGS: dict[str, Binding] = {
         hyper={"alpha": "alpha", "beta": "beta"},
         variants={},
         state={"prev": Slot("previous_gradient")},
+    ),
+    "optimistic_adam": Binding(
+        rule="optimistic_adam",
+        target="optax.optimistic_adam_v2",
+        hyper={"alpha": "alpha", "beta": "beta", "beta1": "b1", "beta2": "b2", "eps": "eps", "eps_root": "eps_root"},
+        variants={},
+        state={"m": Slot("mu"), "v": Slot("nu"), "prev": Slot("previous_gradient")},
     ),
 }
 
