@@ -303,6 +303,12 @@ def optimistic_adam(learning_rate: Schedule, alpha: float, beta: float, b1: floa
     return optax.optimistic_adam_v2(learning_rate, alpha=alpha, beta=beta, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
 
+def madgrad(learning_rate: Schedule, momentum: float, weight_decay: float, eps: float) -> Any:
+    import optax.contrib
+
+    return optax.contrib.madgrad(learning_rate, momentum=momentum, weight_decay=weight_decay, eps=eps)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -331,6 +337,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "simplified_ademamix": simplified_ademamix,
     "optimistic_gradient_descent": optimistic_gradient_descent,
     "optimistic_adam": optimistic_adam,
+    "madgrad": madgrad,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -631,6 +638,13 @@ BINDINGS: dict[str, Binding] = {
         hyper={"alpha": "alpha", "beta": "beta", "beta1": "b1", "beta2": "b2", "eps": "eps", "eps_root": "eps_root"},
         variants={},
         state={"m": Slot("mu"), "v": Slot("nu"), "prev": Slot("previous_gradient")},
+    ),
+    "madgrad": Binding(
+        rule="madgrad",
+        target="optax.contrib.madgrad",
+        hyper={"momentum": "momentum", "weight_decay": "weight_decay", "eps": "eps"},
+        variants={},
+        state={"G": Slot("grad_sum_sq"), "s": Slot("s"), "x0": Slot("x0")},
     ),
 }
 
