@@ -309,6 +309,12 @@ def madgrad(learning_rate: Schedule, momentum: float, weight_decay: float, eps: 
     return optax.contrib.madgrad(learning_rate, momentum=momentum, weight_decay=weight_decay, eps=eps)
 
 
+def fromage(learning_rate: Schedule, min_norm: float) -> Any:
+    import optax
+
+    return optax.fromage(learning_rate, min_norm=min_norm)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -338,6 +344,7 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "optimistic_gradient_descent": optimistic_gradient_descent,
     "optimistic_adam": optimistic_adam,
     "madgrad": madgrad,
+    "fromage": fromage,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -646,6 +653,7 @@ BINDINGS: dict[str, Binding] = {
         variants={},
         state={"G": Slot("grad_sum_sq"), "s": Slot("s"), "x0": Slot("x0")},
     ),
+    "fromage": Binding(rule="fromage", target="optax.fromage", hyper={"min_norm": "min_norm"}, variants={}, state={}),
 }
 
 
