@@ -216,6 +216,105 @@ def lars(
     )
 
 
+def rprop(learning_rate: Schedule, eta_minus: float, eta_plus: float, min_step_size: float, max_step_size: float) -> Any:
+    """optax.rprop: learning_rate is the initial step size only (a constant; Rprop specs have no scheduled case)."""
+    import optax
+
+    return optax.rprop(
+        learning_rate, eta_minus=eta_minus, eta_plus=eta_plus, min_step_size=min_step_size, max_step_size=max_step_size
+    )
+
+
+def yogi(learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root: float, initial_accumulator_value: float) -> Any:
+    """optax.yogi is chain(scale_by_yogi, scale_by_learning_rate); built from its parts to pass eps_root and the initial value."""
+    import optax
+
+    return optax.chain(
+        optax.scale_by_yogi(b1=b1, b2=b2, eps=eps, eps_root=eps_root, initial_accumulator_value=initial_accumulator_value),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamaxw(learning_rate: Schedule, b1: float, b2: float, eps: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.adamaxw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
+def novograd(learning_rate: Schedule, b1: float, b2: float, eps: float, eps_root: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.novograd(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+
+
+def sign_sgd(learning_rate: Schedule) -> Any:
+    import optax
+
+    return optax.sign_sgd(learning_rate)
+
+
+def signum(learning_rate: Schedule, beta: float) -> Any:
+    import optax
+
+    return optax.signum(learning_rate, beta=beta)
+
+
+def adan(learning_rate: Schedule, b1: float, b2: float, b3: float, eps: float, eps_root: float, weight_decay: float) -> Any:
+    import optax
+
+    return optax.adan(learning_rate, b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+
+
+def adopt(learning_rate: Schedule, b1: float, b2: float, eps: float, use_clipping: bool, nesterov: bool) -> Any:
+    import optax.contrib
+
+    return optax.contrib.adopt(learning_rate, b1=b1, b2=b2, eps=eps, use_clipping=use_clipping, nesterov=nesterov)
+
+
+def ademamix(
+    learning_rate: Schedule, b1: float, b2: float, b3: float, alpha: float, eps: float, eps_root: float, weight_decay: float
+) -> Any:
+    import optax.contrib
+
+    return optax.contrib.ademamix(
+        learning_rate, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+    )
+
+
+def simplified_ademamix(
+    learning_rate: Schedule, b1: float, b2: float, alpha: float, eps: float, eps_root: float, weight_decay: float
+) -> Any:
+    import optax.contrib
+
+    return optax.contrib.simplified_ademamix(
+        learning_rate, b1=b1, b2=b2, alpha=alpha, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+    )
+
+
+def optimistic_gradient_descent(learning_rate: Schedule, alpha: float, beta: float) -> Any:
+    import optax
+
+    return optax.optimistic_gradient_descent(learning_rate, alpha=alpha, beta=beta)
+
+
+def optimistic_adam(learning_rate: Schedule, alpha: float, beta: float, b1: float, b2: float, eps: float, eps_root: float) -> Any:
+    import optax
+
+    return optax.optimistic_adam_v2(learning_rate, alpha=alpha, beta=beta, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
+
+def madgrad(learning_rate: Schedule, momentum: float, weight_decay: float, eps: float) -> Any:
+    import optax.contrib
+
+    return optax.contrib.madgrad(learning_rate, momentum=momentum, weight_decay=weight_decay, eps=eps)
+
+
+def fromage(learning_rate: Schedule, min_norm: float) -> Any:
+    import optax
+
+    return optax.fromage(learning_rate, min_norm=min_norm)
+
+
 FACTORIES: dict[str, Callable[..., Any]] = {
     "sgd": sgd,
     "adam": adam,
@@ -232,6 +331,20 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "sgdw": sgdw,
     "lamb": lamb,
     "lars": lars,
+    "rprop": rprop,
+    "yogi": yogi,
+    "adamaxw": adamaxw,
+    "novograd": novograd,
+    "sign_sgd": sign_sgd,
+    "signum": signum,
+    "adan": adan,
+    "adopt": adopt,
+    "ademamix": ademamix,
+    "simplified_ademamix": simplified_ademamix,
+    "optimistic_gradient_descent": optimistic_gradient_descent,
+    "optimistic_adam": optimistic_adam,
+    "madgrad": madgrad,
+    "fromage": fromage,
 }
 
 _NO_MAXIMIZE = {"off": Support()}
@@ -422,6 +535,125 @@ BINDINGS: dict[str, Binding] = {
         },
         state={"b": Slot("trace", sign=-1.0)},
     ),
+    # --- issue 12b: rules added after the 2019 Adam family (new entries only) ---
+    "rprop": Binding(
+        rule="rprop",
+        target="optax.rprop",
+        hyper={
+            "eta_minus": "eta_minus",
+            "eta_plus": "eta_plus",
+            "step_size_min": "min_step_size",
+            "step_size_max": "max_step_size",
+        },
+        # optax/_src/transform.py:929-954: Delta kept where s == 0; the update is the stored u_{t-1}
+        variants={"zero_product": {"keep": Support()}, "timing": {"lagged": Support()}},
+        state={"delta": Slot("step_sizes"), "u": Slot("prev_updates")},
+    ),
+    "yogi": Binding(
+        rule="yogi",
+        target="optax.yogi",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "initial_accumulator_value": "initial_accumulator_value",
+        },
+        variants={},
+        state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "adamaxw": Binding(
+        rule="adamaxw",
+        target="optax.adamaxw",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "weight_decay": "weight_decay"},
+        variants={},
+        state={"m": Slot("mu"), "u": Slot("nu")},
+    ),
+    "novograd": Binding(
+        rule="novograd",
+        target="optax.novograd",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps", "eps_root": "eps_root", "weight_decay": "weight_decay"},
+        variants={},
+        state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "sign_sgd": Binding(rule="sign_sgd", target="optax.sign_sgd", hyper={}, variants={}, state={}),
+    "signum": Binding(rule="signum", target="optax.signum", hyper={"beta": "beta"}, variants={}, state={"b": Slot("ema")}),
+    "adan": Binding(
+        rule="adan",
+        target="optax.adan",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "beta3": "b3",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "weight_decay": "weight_decay",
+        },
+        # optax/_src/alias.py:914-925: add_decayed_weights after scale_by_adan, before the lr
+        variants={"weight_decay": {"decoupled": Support()}},
+        state={"m": Slot("m"), "v": Slot("v"), "n": Slot("n"), "gprev": Slot("g")},
+    ),
+    "adopt": Binding(
+        rule="adopt",
+        target="optax.contrib.adopt",
+        hyper={"beta1": "b1", "beta2": "b2", "eps": "eps"},
+        variants={
+            "clipping": {"on": Support({"use_clipping": True}), "off": Support({"use_clipping": False})},
+            "nesterov": {"off": Support({"nesterov": False}), "on": Support({"nesterov": True})},
+        },
+        state={"m": Slot("mu"), "v": Slot("nu")},
+    ),
+    "ademamix": Binding(
+        rule="ademamix",
+        target="optax.contrib.ademamix",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "beta3": "b3",
+            "alpha": "alpha",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "weight_decay": "weight_decay",
+        },
+        variants={},
+        state={"m1": Slot("m1"), "m2": Slot("m2"), "v": Slot("nu")},
+    ),
+    "simplified_ademamix": Binding(
+        rule="simplified_ademamix",
+        target="optax.contrib.simplified_ademamix",
+        hyper={
+            "beta1": "b1",
+            "beta2": "b2",
+            "alpha": "alpha",
+            "eps": "eps",
+            "eps_root": "eps_root",
+            "weight_decay": "weight_decay",
+        },
+        variants={},
+        state={"m": Slot("m"), "v": Slot("n")},
+    ),
+    "optimistic_gradient_descent": Binding(
+        rule="optimistic_gradient_descent",
+        target="optax.optimistic_gradient_descent",
+        hyper={"alpha": "alpha", "beta": "beta"},
+        variants={},
+        state={"prev": Slot("previous_gradient")},
+    ),
+    "optimistic_adam": Binding(
+        rule="optimistic_adam",
+        target="optax.optimistic_adam_v2",
+        hyper={"alpha": "alpha", "beta": "beta", "beta1": "b1", "beta2": "b2", "eps": "eps", "eps_root": "eps_root"},
+        variants={},
+        state={"m": Slot("mu"), "v": Slot("nu"), "prev": Slot("previous_gradient")},
+    ),
+    "madgrad": Binding(
+        rule="madgrad",
+        target="optax.contrib.madgrad",
+        hyper={"momentum": "momentum", "weight_decay": "weight_decay", "eps": "eps"},
+        variants={},
+        state={"G": Slot("grad_sum_sq"), "s": Slot("s"), "x0": Slot("x0")},
+    ),
+    "fromage": Binding(rule="fromage", target="optax.fromage", hyper={"min_norm": "min_norm"}, variants={}, state={}),
 }
 
 

@@ -180,6 +180,28 @@ BINDINGS: dict[str, Binding] = {
         },
         state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq"), "vmax": Slot("max_exp_avg_sq")},
     ),
+    # --- issue 12b: rules added after the 2019 Adam family (new entries only) ---
+    "rprop": Binding(
+        rule="rprop",
+        target="torch.optim.Rprop",
+        hyper={
+            "lr": "lr",
+            "eta_minus": "etas[0]",
+            "eta_plus": "etas[1]",
+            "step_size_min": "step_sizes[0]",
+            "step_size_max": "step_sizes[1]",
+        },
+        # torch/optim/rprop.py:274-279: sign[sign.eq(0)] = 1, then step_size.mul_(sign).clamp_(...)
+        variants={"zero_product": {"clip": _DEFAULT_ONLY}, "timing": {"current": _DEFAULT_ONLY}},
+        state={"delta": Slot("step_size"), "prev": Slot("prev")},
+    ),
+    "asgd": Binding(
+        rule="asgd",
+        target="torch.optim.ASGD",
+        hyper={"lr": "lr", "lambd": "lambd", "alpha": "alpha", "t0": "t0", "weight_decay": "weight_decay"},
+        variants={"maximize": _ON_OFF},
+        state={"eta": Slot("eta"), "mu": Slot("mu"), "ax": Slot("ax")},
+    ),
 }
 
 #: torch.optim classes that accept ``fused=True`` on the CPU in torch 2.13.
