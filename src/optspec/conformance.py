@@ -17,6 +17,7 @@ prints and the reports show.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,8 @@ from optspec.spec import Spec, SpecLibrary, variant_label
 
 Status = Literal["conforms", "deviation", "fails", "error", "skipped"]
 DTYPES = ("float32", "float64")
+#: the format of ``optspec run --json`` documents: environment (library versions) and results
+RUN_FORMAT = "optspec-run/1"
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,15 @@ def matrix(results: Iterable[Any]) -> dict[str, dict[str, Cell]]:
             else:
                 cell.status = "skipped"
     return table
+
+
+def missing_in(skips: Sequence[str]) -> str:
+    """``"not in torch 2.0.1"`` when every skip reason names that same missing release, else ``""``."""
+    found = {match.group(0) if (match := _NOT_IN.search(reason)) else "" for reason in skips}
+    return found.pop() if len(found) == 1 else ""
+
+
+_NOT_IN = re.compile(r"not in [\w.-]+ \d[\w.]*")
 
 
 def golden_dir_error(directory: Path) -> GoldenError:
