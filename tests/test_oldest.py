@@ -1,0 +1,223 @@
+"""The matrix against the oldest supported releases (``tox -e oldest``): torch 2.0.1, optax 0.2.3
+with jax 0.4.31, numpy 1.26.
+
+``optspec run`` must exit 0 or 1, never 2 (nothing "could not run": a keyword or path torch
+2.0.1 lacks is a skip that says so), and every failing check must be one of the real, named
+defects of those releases below, each with its evidence (the released source, file:line) and
+the upstream fix. A failure not listed fails the test; so does a listed one that no longer
+occurs (the list cannot hide anything). The whole matrix takes minutes on two cores, so the
+module runs only where ``OPTSPEC_OLDEST=1`` (set by tox -e oldest).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.oldest,
+    pytest.mark.skipif(
+        os.environ.get("OPTSPEC_OLDEST") != "1",
+        reason="the whole matrix against torch 2.0.1 / optax 0.2.3 runs in tox -e oldest (OPTSPEC_OLDEST=1)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+OLDEST = {"torch": "2.0.1", "optax": "0.2.3", "jax": "0.4.31", "jaxlib": "0.4.31"}
+
+
+@dataclass(frozen=True)
+class ExpectedFailure:
+    """A defect of an old release that the matrix shows as a failure."""
+
+    id: str
+    rule: str
+    #: fnmatch patterns over implementation and check id
+    implementation: str
+    check: str
+    what: str
+    evidence: str
+    fix: str
+
+
+EXPECTED: tuple[ExpectedFailure, ...] = (
+    ExpectedFailure(
+        id="optax-0.2.3-adabelief-previous-moment",
+        rule="adabelief",
+        implementation="optax",
+        check="optax::adabelief/*::*",
+        what=(
+            "optax <= 0.2.3 scale_by_belief takes the prediction error against the previous first moment, "
+            "g_t - m_{t-1}, where the paper (Algorithm 2) and optax >= 0.2.4 use the updated m_t: every case "
+            "with prediction=current fails from step 1 (about 3e-3 relative); it conforms to prediction=previous"
+        ),
+        evidence="optax 0.2.3 optax/_src/transform.py:542-543: prediction_error = tree_map(lambda g, m: g-m, updates, state.mu)",
+        fix=(
+            "google-deepmind/optax#1130 'Fix AdaBelief implementation' (merged 2024-11-11), released in optax 0.2.4: "
+            "optax 0.2.4 optax/_src/transform.py:692 prediction_error = otu.tree_sub(updates, mu)"
+        ),
+    ),
+    ExpectedFailure(
+        id="torch-2.0.1-adagrad-foreach-float32-clr",
+        rule="adagrad",
+        implementation="torch.foreach",
+        check="torch.foreach::adagrad/*::float64",
+        what=(
+            "torch 2.0.1's foreach Adagrad computes the step size -lr / (1 + (step - 1) lr_decay) from the 0-d "
+            "float32 step tensor, so float64 parameters are updated with a float32-rounded step size (about 1e-9 "
+            "relative on theta at step 1); the for-loop path uses a Python float. With torch.set_default_dtype("
+            "torch.float64) the step tensor is float64 and foreach conforms"
+        ),
+        evidence=(
+            "torch 2.0.1 torch/optim/adagrad.py:56 state['step'] = torch.tensor(0.0); adagrad.py:353 minus_clr = "
+            "[-lr / (1 + (step - 1) * lr_decay) for step in device_state_steps] (tensors); for-loop: adagrad.py:263 "
+            "step = _get_value(step_t)"
+        ),
+        fix="torch 2.1.0 torch/optim/adagrad.py:361: minus_clr = [-lr / (1 + (_get_value(step) - 1) * lr_decay) ...]",
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def matrix_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("oldest") / "run-oldest.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "optspec.cli", "run", "--quiet", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=3000,
+    )
+    doc = json.loads(out.read_text()) if out.exists() else None
+    return {"code": result.returncode, "stdout": result.stdout, "stderr": result.stderr, "doc": doc}
+
+
+def test_the_installed_releases_are_the_oldest(matrix_run: dict[str, Any]) -> None:
+    assert matrix_run["doc"] is not None, f"optspec run wrote no --json document: {matrix_run['stderr'][-2000:]}"
+    packages = matrix_run["doc"]["environment"]["packages"]
+    for name, version in OLDEST.items():
+        assert (packages.get(name) or "").split("+")[0] == version, f"{name}: installed {packages.get(name)}, expected {version}"
+    assert (packages.get("numpy") or "").startswith("1.26."), f"numpy {packages.get('numpy')}: expected 1.26.x"
+
+
+def test_the_matrix_exits_0_or_1_never_2(matrix_run: dict[str, Any]) -> None:
+    errors = [r for r in (matrix_run["doc"] or {}).get("results", []) if r["status"] == "error"]
+    assert matrix_run["code"] in (0, 1), (
+        f"optspec run exited {matrix_run['code']}; {len(errors)} checks could not run, first: "
+        f"{errors[0]['message'] if errors else matrix_run['stderr'][-2000:]}"
+    )
+    assert not errors, f"{len(errors)} checks could not run, first: {errors[0]['message']}"
+
+
+def _expected(record: dict[str, Any]) -> ExpectedFailure | None:
+    for entry in EXPECTED:
+        if (
+            entry.rule == record.get("rule")
+            and fnmatch.fnmatchcase(record["implementation"], entry.implementation)
+            and fnmatch.fnmatchcase(record["id"], entry.check)
+        ):
+            return entry
+    return None
+
+
+def test_every_failure_is_a_named_defect_of_the_old_release(matrix_run: dict[str, Any]) -> None:
+    results = matrix_run["doc"]["results"]
+    failures = [r for r in results if r["status"] == "fails"]
+    unexplained = [r for r in failures if _expected(r) is None]
+    assert not unexplained, f"{len(unexplained)} failures are not a registered defect, first: {unexplained[0]['message']}"
+    seen = {e.id for r in failures if (e := _expected(r)) is not None}
+    stale = [e.id for e in EXPECTED if e.id not in seen]
+    assert not stale, f"expected failures that no longer occur (remove them): {stale}"
+    assert (matrix_run["code"] == 1) == bool(failures), f"exit {matrix_run['code']} with {len(failures)} failures"
+
+
+def test_what_torch_2_0_1_lacks_is_a_named_skip(matrix_run: dict[str, Any]) -> None:
+    """The fused path (CPU from 2.4) and decoupled decay in RAdam (2.2), NAdam (2.1), Adam (2.7)."""
+    results = matrix_run["doc"]["results"]
+    fused = [r for r in results if r["implementation"] == "torch.fused"]
+    assert fused and all(r["status"] == "skipped" and "the fused path is not in torch 2.0.1" in r["message"] for r in fused), (
+        f"torch.fused on torch 2.0.1: {sorted({r['message'][:90] for r in fused})[:3]}"
+    )
+    for rule, target in (("radam", "RAdam"), ("nadam", "NAdam"), ("amsgrad", "Adam")):
+        decoupled = [
+            r
+            for r in results
+            if r["rule"] == rule and r["implementation"] == "torch.for-loop" and r["variant"].get("weight_decay") == "decoupled"
+        ]
+        wanted = f"torch.optim.{target}(decoupled_weight_decay=True) is not in torch 2.0.1"
+        assert decoupled and all(r["status"] == "skipped" and wanted in r["message"] for r in decoupled), (
+            f"{rule} decoupled on torch 2.0.1: {[r['message'][:120] for r in decoupled[:2]]}"
+        )
+    ran = [r for r in results if r["rule"] in ("radam", "nadam", "amsgrad") and r["status"] in ("conforms", "deviation")]
+    assert ran, "the L2 cases of radam, nadam and amsgrad must run on torch 2.0.1 (no decoupled_weight_decay passed)"
+    optax_rms = [r for r in results if r["rule"] == "rmsprop" and r["implementation"] == "optax"]
+    assert any("eps_in_sqrt=False) is not in optax 0.2.3" in r["message"] for r in optax_rms), "optax 0.2.3 has no eps_in_sqrt"
+    assert any(r["status"] in ("conforms", "deviation") for r in optax_rms), "optax 0.2.3 rmsprop (eps inside) must run"
+
+
+# --------------------------------------------------------------------------- the defects, shown to be exactly that
+
+
+def _golden(rule: str) -> Any:
+    from optspec.golden import read_golden
+    from optspec.spec import SpecLibrary
+
+    spec = SpecLibrary().get(rule)
+    return spec, read_golden(ROOT / "conformance" / "golden" / f"{rule}.json", spec, f"conformance/golden/{rule}.json")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_optax_0_2_3_adabelief_is_the_previous_moment_variant(dtype: str) -> None:
+    """optax-0.2.3-adabelief-previous-moment: the failing runs conform to prediction=previous."""
+    from optspec.conformance import compare_with_registry
+    from optspec.impls import implementation
+    from optspec.impls.base import plan_case
+
+    spec, golden = _golden("adabelief")
+    impl = implementation("optax")
+    for case in ("defaults", "knobs", "scheduled"):
+        asked = golden.find(case, spec.default_variant())
+        previous = golden.find(case, {**spec.default_variant(), "prediction": "previous"})
+        assert asked is not None and previous is not None, f"adabelief golden has no {case} case for both predictions"
+        plan = plan_case(impl, spec, asked.variant, asked.hyper, dtype)
+        assert plan.skip is None, plan.skip
+        observed = impl.run(plan, asked.inputs, asked.hyper, dtype, asked.steps)
+        as_asked, _, _ = compare_with_registry(spec, "optax", asked, observed, dtype, f"{case} (current)")
+        as_previous, _, _ = compare_with_registry(spec, "optax", previous, observed, dtype, f"{case} (previous)")
+        assert not as_asked.ok, f"optax 0.2.3 adabelief {case} {dtype} conforms to prediction=current: the defect is gone"
+        assert as_previous.ok, f"optax 0.2.3 adabelief {case} {dtype} is not prediction=previous either: {as_previous.message}"
+
+
+def test_torch_2_0_1_foreach_adagrad_conforms_with_a_float64_step_tensor() -> None:
+    """torch-2.0.1-adagrad-foreach-float32-clr: the only difference is the float32 step tensor."""
+    import torch
+
+    from optspec.conformance import compare
+    from optspec.impls import implementation
+    from optspec.impls.base import plan_case
+
+    spec, golden = _golden("adagrad")
+    impl = implementation("torch.foreach")
+    for case in ("defaults", "knobs"):
+        test = golden.find(case, {**spec.default_variant(), "epsilon": "outside"})
+        assert test is not None, f"adagrad golden has no epsilon=outside {case} case"
+        plan = plan_case(impl, spec, test.variant, test.hyper, "float64")
+        assert plan.skip is None, plan.skip
+        plain = impl.run(plan, test.inputs, test.hyper, "float64", test.steps)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            wide = impl.run(plan, test.inputs, test.hyper, "float64", test.steps)
+        finally:
+            torch.set_default_dtype(previous)
+        assert not compare(test, plain, "float64", case).ok, f"torch 2.0.1 foreach adagrad {case} conforms: the defect is gone"
+        result = compare(test, wide, "float64", f"{case} with a float64 step tensor")
+        assert result.ok, f"with the default dtype float64, foreach adagrad {case} still differs: {result.message}"
