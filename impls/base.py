@@ -107,6 +107,11 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
+def _installed_public(library: str) -> str:
+    version = installed_version(library)
+    return public_version(version) if version else "none"
+
+
 def lacks(library: str, since: Since | None) -> str | None:
     """``"not in torch 2.0.1"`` when the installed ``library`` is older than ``since``, else None."""
     if since is None:
@@ -189,7 +194,7 @@ class Deviation:
     """A deliberate library choice, from ``deviations.toml``."""
 
     id: str
-    kind: str  # "variant", "precision" or "storage"
+    kind: str  # "variant", "precision", "storage" or "defect"
     implementations: tuple[str, ...]
     reason: str
     upstream: tuple[str, ...]
@@ -201,6 +206,15 @@ class Deviation:
     profile: str | None = None
     #: storage: state slots the library holds in binary32 whatever the parameter dtype
     slots: tuple[str, ...] = ()
+    #: defect: the distribution, the release that fixed it, the dtypes it shows in and the released source
+    library: str | None = None
+    fixed_in: str | None = None
+    dtypes: tuple[str, ...] = ()
+    evidence: tuple[str, ...] = ()
+
+    def present(self) -> bool:
+        """A defect: whether the installed release of its library predates the fix."""
+        return lacks(str(self.library), Since(str(self.fixed_in), "")) is not None
 
     def applies_to(self, implementation: str) -> bool:
         return any(fnmatch.fnmatchcase(implementation, pattern) for pattern in self.implementations)
@@ -211,6 +225,8 @@ class Deviation:
             return f"{self.knob}={self.implements} instead of {self.knob}={self.asked}"
         if self.kind == "storage":
             return f"state {', '.join(self.slots)} stored in float32 in {self.dtype} runs"
+        if self.kind == "defect":
+            return f"a defect of {self.library} before {self.fixed_in} (installed {_installed_public(str(self.library))})"
         return f"{self.dtype} runs with float32 step scalars (profile {self.profile})"
 
 
@@ -352,6 +368,26 @@ _REGISTRY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        # A defect of old releases, fixed upstream: a failing check it explains stays a failure, named.
+        "defect": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "rule", "implementations", "library", "fixed_in", "dtypes", "reason", "evidence", "upstream"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "rule": {"type": "string"},
+                    "implementations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "library": {"type": "string", "minLength": 1},
+                    "fixed_in": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"},
+                    "dtypes": {"type": "array", "items": {"enum": ["float32", "float64"]}, "minItems": 1},
+                    "reason": {"type": "string", "minLength": 20},
+                    "evidence": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "upstream": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                },
+            },
+        },
         # Learning-rate schedule deviations: validated and read by optspec.impls.schedule_base.
         "schedule": {"type": "array", "items": {"type": "object"}},
     },
@@ -380,7 +416,7 @@ def parse_registry(text: str, shown: str) -> tuple[Deviation, ...]:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise AdapterError(f"{shown}: at {where}: {error.message}")
     # The schema fixes each kind's keys; lists become tuples, the rest maps onto Deviation's fields.
-    kinds = {"deviation": "variant", "precision": "precision", "storage": "storage"}
+    kinds = {"deviation": "variant", "precision": "precision", "storage": "storage", "defect": "defect"}
     out = [
         Deviation(kind=kind, **{key: tuple(value) if isinstance(value, list) else value for key, value in item.items()})
         for section, kind in kinds.items()
@@ -421,5 +457,19 @@ def find_storage_deviation(rule: str, implementation: str, dtype: str) -> Deviat
 def find_precision_deviation(implementation: str, dtype: str) -> Deviation | None:
     for deviation in deviations():
         if deviation.kind == "precision" and deviation.dtype == dtype and deviation.applies_to(implementation):
+            return deviation
+    return None
+
+
+def find_defect(rule: str, implementation: str, dtype: str) -> Deviation | None:
+    """A registered defect of the installed release (fixed later upstream) that applies to this check."""
+    for deviation in deviations():
+        if (
+            deviation.kind == "defect"
+            and deviation.rule == rule
+            and dtype in deviation.dtypes
+            and deviation.applies_to(implementation)
+            and deviation.present()
+        ):
             return deviation
     return None

@@ -4,19 +4,19 @@ with jax 0.4.31, numpy 1.26.
 ``optspec run`` must exit 0 or 1, never 2 (nothing "could not run": a keyword or path torch
 2.0.1 lacks is a skip that says so), and every failing check must be one of the real, named
 defects of those releases below, each with its evidence (the released source, file:line) and
-the upstream fix. A failure not listed fails the test; so does a listed one that no longer
-occurs (the list cannot hide anything). The whole matrix takes minutes on two cores, so the
+the upstream fix: the ``[[defect]]`` entries of impls/deviations.toml, which the matrix names
+in each such failure. A failure not registered fails the test; so does a registered defect of
+these releases that no longer shows (the registry cannot hide anything), and the proofs at the
+end show each defect is exactly what its entry says. The whole matrix takes minutes on two cores, so the
 module runs only where ``OPTSPEC_OLDEST=1`` (set by tox -e oldest).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,58 +32,6 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[1]
 OLDEST = {"torch": "2.0.1", "optax": "0.2.3", "jax": "0.4.31", "jaxlib": "0.4.31"}
-
-
-@dataclass(frozen=True)
-class ExpectedFailure:
-    """A defect of an old release that the matrix shows as a failure."""
-
-    id: str
-    rule: str
-    #: fnmatch patterns over implementation and check id
-    implementation: str
-    check: str
-    what: str
-    evidence: str
-    fix: str
-
-
-EXPECTED: tuple[ExpectedFailure, ...] = (
-    ExpectedFailure(
-        id="optax-0.2.3-adabelief-previous-moment",
-        rule="adabelief",
-        implementation="optax",
-        check="optax::adabelief/*::*",
-        what=(
-            "optax <= 0.2.3 scale_by_belief takes the prediction error against the previous first moment, "
-            "g_t - m_{t-1}, where the paper (Algorithm 2) and optax >= 0.2.4 use the updated m_t: every case "
-            "with prediction=current fails from step 1 (about 3e-3 relative); it conforms to prediction=previous"
-        ),
-        evidence="optax 0.2.3 optax/_src/transform.py:542-543: prediction_error = tree_map(lambda g, m: g-m, updates, state.mu)",
-        fix=(
-            "google-deepmind/optax#1130 'Fix AdaBelief implementation' (merged 2024-11-11), released in optax 0.2.4: "
-            "optax 0.2.4 optax/_src/transform.py:692 prediction_error = otu.tree_sub(updates, mu)"
-        ),
-    ),
-    ExpectedFailure(
-        id="torch-2.0.1-adagrad-foreach-float32-clr",
-        rule="adagrad",
-        implementation="torch.foreach",
-        check="torch.foreach::adagrad/*::float64",
-        what=(
-            "torch 2.0.1's foreach Adagrad computes the step size -lr / (1 + (step - 1) lr_decay) from the 0-d "
-            "float32 step tensor, so float64 parameters are updated with a float32-rounded step size (about 1e-9 "
-            "relative on theta at step 1); the for-loop path uses a Python float. With torch.set_default_dtype("
-            "torch.float64) the step tensor is float64 and foreach conforms"
-        ),
-        evidence=(
-            "torch 2.0.1 torch/optim/adagrad.py:56 state['step'] = torch.tensor(0.0); adagrad.py:353 minus_clr = "
-            "[-lr / (1 + (step - 1) * lr_decay) for step in device_state_steps] (tensors); for-loop: adagrad.py:263 "
-            "step = _get_value(step_t)"
-        ),
-        fix="torch 2.1.0 torch/optim/adagrad.py:361: minus_clr = [-lr / (1 + (_get_value(step) - 1) * lr_decay) ...]",
-    ),
-)
 
 
 @pytest.fixture(scope="module")
@@ -117,26 +65,20 @@ def test_the_matrix_exits_0_or_1_never_2(matrix_run: dict[str, Any]) -> None:
     assert not errors, f"{len(errors)} checks could not run, first: {errors[0]['message']}"
 
 
-def _expected(record: dict[str, Any]) -> ExpectedFailure | None:
-    for entry in EXPECTED:
-        if (
-            entry.rule == record.get("rule")
-            and fnmatch.fnmatchcase(record["implementation"], entry.implementation)
-            and fnmatch.fnmatchcase(record["id"], entry.check)
-        ):
-            return entry
-    return None
+def test_every_failure_is_a_registered_defect_of_the_old_release(matrix_run: dict[str, Any]) -> None:
+    """Each failing check names a [[defect]] of impls/deviations.toml that the installed release has
+    (evidence: the released source; the upstream fix), and each such defect shows."""
+    from optspec.impls.base import deviations
 
-
-def test_every_failure_is_a_named_defect_of_the_old_release(matrix_run: dict[str, Any]) -> None:
-    results = matrix_run["doc"]["results"]
-    failures = [r for r in results if r["status"] == "fails"]
-    unexplained = [r for r in failures if _expected(r) is None]
+    defects = {d.id: d for d in deviations() if d.kind == "defect" and d.present()}
+    failures = [r for r in matrix_run["doc"]["results"] if r["status"] == "fails"]
+    unexplained = [r for r in failures if not any(i in defects for i in r["deviations"])]
     assert not unexplained, f"{len(unexplained)} failures are not a registered defect, first: {unexplained[0]['message']}"
-    seen = {e.id for r in failures if (e := _expected(r)) is not None}
-    stale = [e.id for e in EXPECTED if e.id not in seen]
-    assert not stale, f"expected failures that no longer occur (remove them): {stale}"
+    assert all("[known defect " in r["message"] for r in failures), "a defect's failure message must name it"
+    seen = {i for r in failures for i in r["deviations"] if i in defects}
+    assert seen == set(defects), f"registered defects of these releases that no longer show: {sorted(set(defects) - seen)}"
     assert (matrix_run["code"] == 1) == bool(failures), f"exit {matrix_run['code']} with {len(failures)} failures"
+    assert "fails: known defect" in matrix_run["stdout"], "the matrix cell of a defect must say so"
 
 
 def test_what_torch_2_0_1_lacks_is_a_named_skip(matrix_run: dict[str, Any]) -> None:
@@ -176,7 +118,7 @@ def _golden(rule: str) -> Any:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_optax_0_2_3_adabelief_is_the_previous_moment_variant(dtype: str) -> None:
-    """optax-0.2.3-adabelief-previous-moment: the failing runs conform to prediction=previous."""
+    """[[defect]] optax-adabelief-previous-moment: the failing runs conform to prediction=previous."""
     from optspec.conformance import compare_with_registry
     from optspec.impls import implementation
     from optspec.impls.base import plan_case
@@ -197,7 +139,7 @@ def test_optax_0_2_3_adabelief_is_the_previous_moment_variant(dtype: str) -> Non
 
 
 def test_torch_2_0_1_foreach_adagrad_conforms_with_a_float64_step_tensor() -> None:
-    """torch-2.0.1-adagrad-foreach-float32-clr: the only difference is the float32 step tensor."""
+    """[[defect]] torch-adagrad-foreach-float32-step-size: the only difference is the float32 step tensor."""
     import torch
 
     from optspec.conformance import compare

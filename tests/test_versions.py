@@ -14,11 +14,13 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from optspec.cli import main
-from optspec.conformance import missing_in
+from optspec.conformance import enumerate_checks, load_goldens, missing_in, run_check
 from optspec.errors import AdapterError
 from optspec.impls import base, implementation, optax_jax, torch_optim
 from optspec.impls.base import Plan, plan_case, release
@@ -284,3 +286,70 @@ def test_run_json_records_library_versions(tmp_path: Path) -> None:
     import torch
 
     assert packages["torch"].split("+")[0] == torch.__version__.split("+")[0], packages
+
+
+# --------------------------------------------------------------------------- [[defect]] entries of old releases
+
+
+class _WrongOptax:
+    """An adapter named like optax's whose every run is wrong (theta stays at zero)."""
+
+    name, framework, dtypes = "optax", "jax", ("float32", "float64")
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def binding(self, rule: str) -> Any:
+        return optax_jax.BINDINGS.get(rule)
+
+    def run(self, plan: Plan, inputs: Any, hyper: Mapping[str, float], dtype: str, record: Any) -> dict:
+        return {t: [{"theta": np.zeros_like(np.asarray(p, dtype=np.float64))} for p in inputs.params] for t in record}
+
+
+@pytest.mark.parametrize(("version", "named"), [("0.2.3", True), ("0.2.4", False)])
+def test_a_failure_of_a_release_with_a_registered_defect_names_it(installed: dict[str, str], version: str, named: bool) -> None:
+    installed["optax"] = version
+    goldens = load_goldens(LIBRARY, ROOT / "conformance" / "golden", ["adabelief"])
+    check = next(c for c in enumerate_checks(LIBRARY, goldens, [_WrongOptax()], ("float64",)) if c.test.case == "defaults")
+    result = run_check(check)
+    assert result.status == "fails", "a registered defect never turns a failure into a pass"
+    marker = "[known defect optax-adabelief-previous-moment: a defect of optax before 0.2.4 (installed 0.2.3)"
+    assert (marker in result.message) is named, result.message
+    assert ("optax-adabelief-previous-moment" in [d.id for d in result.deviations]) is named
+
+
+_DEFECT = """
+[[defect]]
+id = "d"
+rule = "adagrad"
+implementations = ["torch.foreach"]
+library = "torch"
+fixed_in = "2.1"
+dtypes = ["float64"]
+reason = "a reason long enough to pass"
+evidence = ["torch 2.0.1 torch/optim/adagrad.py:353"]
+upstream = ["the fix"]
+"""
+
+
+def test_a_defect_applies_while_the_installed_release_predates_the_fix(installed: dict[str, str]) -> None:
+    (defect,) = base.parse_registry(_DEFECT, "impls/test.toml")
+    installed["torch"] = "2.0.1"
+    assert defect.kind == "defect" and defect.present(), "torch 2.0.1 predates the fix in 2.1"
+    installed["torch"] = "2.1.0"
+    assert not defect.present(), "torch 2.1.0 has the fix"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('fixed_in = "2.1"\n', "", "'fixed_in' is a required property"),
+        ('fixed_in = "2.1"', 'fixed_in = "two"', "at defect/0/fixed_in: 'two' does not match"),
+        ('dtypes = ["float64"]', 'dtypes = ["bfloat8"]', "at defect/0/dtypes/0"),
+    ],
+)
+def test_a_malformed_defect_entry_is_one_line(old: str, new: str, message: str) -> None:
+    assert old in _DEFECT
+    with pytest.raises(AdapterError) as info:
+        base.parse_registry(_DEFECT.replace(old, new), "impls/test.toml")
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)

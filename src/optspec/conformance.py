@@ -31,6 +31,7 @@ from optspec.impls.base import (
     Deviation,
     Implementation,
     Plan,
+    find_defect,
     find_precision_deviation,
     find_storage_deviation,
     plan_case,
@@ -230,7 +231,13 @@ def run_check(check: Check) -> CheckResult:
         "compared_slots": comparison.compared_slots,
     }
     if not comparison.ok:
-        return CheckResult(**base, status="fails", message=comparison.message, **extra)
+        defect = find_defect(spec.name, impl.name, dtype)
+        if defect is None:
+            return CheckResult(**base, status="fails", message=comparison.message, **extra)
+        # still a failure: the installed release has a named defect, fixed upstream
+        extra["deviations"] = (*deviations, defect)
+        message = f"{comparison.message} [known defect {defect.id}: {defect.summary}; {'; '.join(defect.upstream)}]"
+        return CheckResult(**base, status="fails", message=message, **extra)
     if deviations:
         summary = "; ".join(f"{d.summary} [{d.id}]" for d in deviations)
         return CheckResult(**base, status="deviation", message=f"known deviation: {summary}", **extra)
