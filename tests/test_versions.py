@@ -353,3 +353,16 @@ def test_a_malformed_defect_entry_is_one_line(old: str, new: str, message: str) 
     with pytest.raises(AdapterError) as info:
         base.parse_registry(_DEFECT.replace(old, new), "impls/test.toml")
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_matrix_cells_say_what_the_release_lacks_or_which_defect_fails() -> None:
+    from optspec.commands.run import cell_text
+    from optspec.conformance import Cell
+
+    lacking = Cell(status="skipped", skips=["torch.optim.SGD: the fused path is not in torch 2.0.1 (since torch 2.4)"] * 3)
+    assert cell_text(lacking) == "not in torch 2.0.1"
+    assert cell_text(Cell(status="skipped", skips=["cannot express epsilon=hat"])) == "skipped"
+    defect = Cell(status="fails", failures=["step 1 ... [known defect d: a defect of torch before 2.1 (installed 2.0.1); fix]"])
+    assert cell_text(defect) == "fails: known defect"
+    mixed = Cell(status="fails", failures=[*defect.failures, "step 2: max abs error 1e-3 > budget 1e-9"])
+    assert cell_text(mixed) == "fails", "an unregistered failure in the cell must not read as a known defect"
