@@ -191,7 +191,7 @@ def _put(out: dict[str, Any], keyword: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class Deviation:
-    """A deliberate library choice, from ``deviations.toml``."""
+    """A deliberate library choice, or (kind ``defect``) a real defect of releases before a fix, from ``deviations.toml``."""
 
     id: str
     kind: str  # "variant", "precision", "storage" or "defect"
