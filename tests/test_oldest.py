@@ -92,15 +92,17 @@ def test_what_torch_2_0_1_lacks_is_a_named_skip(matrix_run: dict[str, Any]) -> N
         decoupled = [
             r
             for r in results
-            if r["rule"] == rule and r["implementation"] == "torch.for-loop" and r["variant"].get("weight_decay") == "decoupled"
+            if r.get("rule") == rule
+            and r["implementation"] == "torch.for-loop"
+            and r["variant"].get("weight_decay") == "decoupled"
         ]
         wanted = f"torch.optim.{target}(decoupled_weight_decay=True) is not in torch 2.0.1"
         assert decoupled and all(r["status"] == "skipped" and wanted in r["message"] for r in decoupled), (
             f"{rule} decoupled on torch 2.0.1: {[r['message'][:120] for r in decoupled[:2]]}"
         )
-    ran = [r for r in results if r["rule"] in ("radam", "nadam", "amsgrad") and r["status"] in ("conforms", "deviation")]
+    ran = [r for r in results if r.get("rule") in ("radam", "nadam", "amsgrad") and r["status"] in ("conforms", "deviation")]
     assert ran, "the L2 cases of radam, nadam and amsgrad must run on torch 2.0.1 (no decoupled_weight_decay passed)"
-    optax_rms = [r for r in results if r["rule"] == "rmsprop" and r["implementation"] == "optax"]
+    optax_rms = [r for r in results if r.get("rule") == "rmsprop" and r["implementation"] == "optax"]
     assert any("eps_in_sqrt=False) is not in optax 0.2.3" in r["message"] for r in optax_rms), "optax 0.2.3 has no eps_in_sqrt"
     assert any(r["status"] in ("conforms", "deviation") for r in optax_rms), "optax 0.2.3 rmsprop (eps inside) must run"
 
