@@ -97,9 +97,11 @@ def test_what_torch_2_0_1_lacks_is_a_named_skip(matrix_run: dict[str, Any]) -> N
             and r["variant"].get("weight_decay") == "decoupled"
         ]
         wanted = f"torch.optim.{target}(decoupled_weight_decay=True) is not in torch 2.0.1"
-        assert decoupled and all(r["status"] == "skipped" and wanted in r["message"] for r in decoupled), (
-            f"{rule} decoupled on torch 2.0.1: {[r['message'][:120] for r in decoupled[:2]]}"
-        )
+        # every decoupled case is skipped: for the keyword, or first for what torch cannot express in any
+        # release (RAdam's hard-coded threshold, NAdam's schedule=one_correction)
+        reasons = sorted({r["message"] for r in decoupled if r["status"] == "skipped"})
+        assert decoupled and all(r["status"] == "skipped" for r in decoupled), f"{rule} decoupled ran on torch 2.0.1"
+        assert any(wanted in m for m in reasons), f"{rule} decoupled on torch 2.0.1 skipped only for: {reasons[:3]}"
     ran = [r for r in results if r.get("rule") in ("radam", "nadam", "amsgrad") and r["status"] in ("conforms", "deviation")]
     assert ran, "the L2 cases of radam, nadam and amsgrad must run on torch 2.0.1 (no decoupled_weight_decay passed)"
     optax_rms = [r for r in results if r.get("rule") == "rmsprop" and r["implementation"] == "optax"]
