@@ -5,7 +5,11 @@ is installed, which rules it binds, how it would run a golden case (a :class:`Pl
 runs it. Each binding is data (:class:`Binding`): which spec hyperparameter becomes which
 keyword argument, which keyword arguments select each variant value, which requirements
 (in the spec expression language, over hyperparameters) a configuration must meet, and
-which library state key holds each spec state slot.
+which library state key holds each spec state slot. A binding also says which library
+releases have each keyword it may pass and each code path (:class:`Keyword`, :class:`Since`):
+a keyword at its library default is never passed (so a release that lacks it still runs the
+case), and a keyword value or path the installed release lacks makes the case a skip such as
+"not in torch 2.0.1", never an error.
 
 When a binding cannot express a variant value, the known-deviation registry
 (``deviations.toml``) may say what the library deliberately does instead; the case is
@@ -16,11 +20,12 @@ Otherwise the case is skipped with the reason.
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
+from importlib import metadata, resources
 from typing import Any, Protocol
 
 import jsonschema
@@ -57,6 +62,62 @@ class Support:
 
 
 @dataclass(frozen=True)
+class Since:
+    """The first library release that has a keyword or code path, and the released source that shows it."""
+
+    version: str
+    #: released source, ``file:line`` at that release (and the change, where known)
+    evidence: str
+
+
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """A keyword argument a binding may pass: its library default and the release that added it.
+
+    A value equal to ``default`` is never passed (the library's default behaviour is what the
+    case asks for, in every release); any other value needs ``since`` (None: every supported release).
+    """
+
+    default: Any = _NO_DEFAULT
+    since: Since | None = None
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: ``"2.13.0+cpu"`` -> (2, 13, 0), ``"0.4.31"`` -> (0, 4, 31)."""
+    match = re.match(r"\d+(?:\.\d+)*", version.strip())
+    if match is None:
+        raise AdapterError(f"cannot read a release number from the version {version!r}")
+    return tuple(int(part) for part in match.group(0).split("."))
+
+
+def public_version(version: str) -> str:
+    """The version without its local label: ``"2.13.0+cpu"`` -> ``"2.13.0"``."""
+    return version.split("+", 1)[0]
+
+
+@cache
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (``torch``, ``optax``), or None when it is not installed."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def lacks(library: str, since: Since | None) -> str | None:
+    """``"not in torch 2.0.1"`` when the installed ``library`` is older than ``since``, else None."""
+    if since is None:
+        return None
+    version = installed_version(library)
+    if version is None or release(version) >= release(since.version):
+        return None
+    return f"not in {library} {public_version(version)} (since {library} {since.version})"
+
+
+@dataclass(frozen=True)
 class Slot:
     """Where a spec state slot lives in the library's state, with a sign convention."""
 
@@ -74,8 +135,33 @@ class Binding:
     variants: Mapping[str, Mapping[str, Support]]
     state: Mapping[str, Slot]
     requires: tuple[Requirement, ...] = ()
+    #: the distribution whose installed version gates ``keywords`` and ``paths`` (``torch``, ``optax``)
+    library: str = ""
+    #: keyword -> its default and the release that added it (see :class:`Keyword`)
+    keywords: Mapping[str, Keyword] = field(default_factory=dict)
+    #: code path (``fused``) -> the release from which the target has it on the CPU
+    paths: Mapping[str, Since] = field(default_factory=dict)
 
     def kwargs(self, hyper: Mapping[str, float], variant: Mapping[str, str]) -> dict[str, Any]:
+        """The keyword arguments for this configuration, without those at their declared default."""
+        out = self.all_kwargs(hyper, variant)
+        return {k: v for k, v in out.items() if k not in self.keywords or not _same(v, self.keywords[k].default)}
+
+    def missing(self, kwargs: Mapping[str, Any], path: str | None = None) -> str | None:
+        """Why the installed library cannot run these keyword arguments (or this path), else None."""
+        if path is not None and path in self.paths:
+            reason = lacks(self.library, self.paths[path])
+            if reason is not None:
+                return f"{self.target}: the {path} path is {reason}"
+        for keyword, value in kwargs.items():
+            declared = self.keywords.get(keyword)
+            reason = lacks(self.library, declared.since) if declared is not None else None
+            if reason is not None:
+                return f"{self.target}({keyword}={value!r}) is {reason}"
+        return None
+
+    def all_kwargs(self, hyper: Mapping[str, float], variant: Mapping[str, str]) -> dict[str, Any]:
+        """Every keyword argument the configuration sets, defaults included."""
         out: dict[str, Any] = {}
         for name, keyword in self.hyper.items():
             _put(out, keyword, hyper[name])
@@ -83,6 +169,10 @@ class Binding:
             for keyword, setting in self.variants[knob][value].kwargs.items():
                 _put(out, keyword, hyper[setting[1:]] if isinstance(setting, str) and setting.startswith("$") else setting)
         return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
+def _same(value: Any, default: Any) -> bool:
+    return default is not _NO_DEFAULT and type(value) is type(default) and value == default
 
 
 def _put(out: dict[str, Any], keyword: str, value: Any) -> None:
@@ -96,7 +186,7 @@ def _put(out: dict[str, Any], keyword: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class Deviation:
-    """A deliberate library choice, from ``deviations.toml``."""
+    """A deliberate library choice, from ``deviations.toml`` (a library's bugs are in ``defects.toml``)."""
 
     id: str
     kind: str  # "variant", "precision" or "storage"
@@ -160,6 +250,10 @@ def plan_case(impl: Implementation, spec: Spec, variant: Mapping[str, str], hype
     binding = impl.binding(spec.name)
     if binding is None:
         return Plan(skip=f"{impl.name} has no binding for rule {spec.name!r}")
+    # a code path of the library (torch's ``fused``) that the installed release lacks
+    missing = binding.missing({}, getattr(impl, "path", None))
+    if missing is not None:
+        return Plan(skip=missing)
     if dtype not in impl.dtypes:
         return Plan(skip=f"{impl.name} does not run {dtype}")
     for requirement in binding.requires:
@@ -188,9 +282,13 @@ def plan_case(impl: Implementation, spec: Spec, variant: Mapping[str, str], hype
         for requirement in fallback.requires:
             if not requirement.holds(hyper):
                 return Plan(skip=f"{binding.target}: {requirement.reason}")
+    kwargs = binding.kwargs(hyper, run_variant)
+    missing = binding.missing(kwargs)
+    if missing is not None:
+        return Plan(skip=missing)
     return Plan(
         binding=binding,
-        kwargs=binding.kwargs(hyper, run_variant),
+        kwargs=kwargs,
         compared_variant=compared,
         run_variant=run_variant,
         deviations=tuple(used),

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from optspec.errors import AdapterError
+from optspec.impls import base
 
 _SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -33,10 +34,16 @@ _SCHEMA: dict[str, Any] = {
                     "id": {"type": "string", "minLength": 1},
                     "rule": {"type": "string", "minLength": 1},
                     "implementations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                    "dtypes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "dtypes": {
+                        "type": "array",
+                        "items": {"enum": ["float32", "float64", "bfloat16", "float16"]},
+                        "minItems": 1,
+                    },
                     "reason": {"type": "string", "minLength": 20},
                     "evidence": {"type": "array", "items": {"type": "string", "minLength": 10}, "minItems": 1},
                     "upstream": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "library": {"type": "string", "minLength": 1},
+                    "fixed_in": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"},
                 },
             },
         }
@@ -55,12 +62,30 @@ class Defect:
     reason: str
     evidence: tuple[str, ...]
     upstream: tuple[str, ...]
+    #: a defect of ``library``'s releases before ``fixed_in`` (both or neither)
+    library: str | None = None
+    fixed_in: str | None = None
+
+    def present(self) -> bool:
+        """Whether the installed library has the defect: always, unless a release fixed it and is installed."""
+        if self.library is None or self.fixed_in is None:
+            return True
+        return base.lacks(self.library, base.Since(self.fixed_in, "")) is not None
+
+    @property
+    def label(self) -> str:
+        """How a failure names it: ``[known defect ID]``, with the fixing release for an old release's defect."""
+        if self.library is None or self.fixed_in is None:
+            return f"[known defect {self.id}]"
+        installed = base.public_version(base.installed_version(self.library) or "none")
+        return f"[known defect {self.id}: a defect of {self.library} before {self.fixed_in} (installed {installed})]"
 
     def applies_to(self, rule: str, implementation: str, dtype: str) -> bool:
         return (
             rule == self.rule
             and dtype in self.dtypes
             and any(fnmatch.fnmatchcase(implementation, pattern) for pattern in self.implementations)
+            and self.present()
         )
 
 
@@ -88,6 +113,9 @@ def parse_defects(text: str, shown: str) -> tuple[Defect, ...]:
         Defect(**{key: tuple(value) if isinstance(value, list) else value for key, value in item.items()})
         for item in table.get("defect", [])
     )
+    halves = [d.id for d in out if (d.library is None) != (d.fixed_in is None)]
+    if halves:
+        raise AdapterError(f"{shown}: defect {halves[0]!r}: give library and fixed_in together")
     ids = [d.id for d in out]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from optspec.errors import AdapterError
-from optspec.impls.base import Binding, Plan, Requirement, Slot, Support
+from optspec.impls.base import Binding, Keyword, Plan, Requirement, Since, Slot, Support, installed_version
 from optspec.reference import CaseInputs, Trajectory
 
 Schedule = Callable[[Any], Any] | float
@@ -56,24 +57,19 @@ def rmsprop(
     learning_rate: Schedule,
     decay: float,
     eps: float,
-    eps_in_sqrt: bool,
     centered: bool,
     momentum: float | None,
     weight_decay: float,
     initial_scale: float = 0.0,
+    **flags: bool,
 ) -> Any:
+    """``flags``: ``eps_in_sqrt`` (optax >= 0.2.4), passed only when the case sets it off its default."""
     import optax
 
     return optax.chain(
         optax.add_decayed_weights(weight_decay),
         optax.rmsprop(
-            learning_rate,
-            decay=decay,
-            eps=eps,
-            initial_scale=initial_scale,
-            eps_in_sqrt=eps_in_sqrt,
-            centered=centered,
-            momentum=momentum,
+            learning_rate, decay=decay, eps=eps, initial_scale=initial_scale, centered=centered, momentum=momentum, **flags
         ),
     )
 
@@ -129,19 +125,14 @@ def nadam(learning_rate: Schedule, b1: float, b2: float, eps: float, weight_deca
 
 
 def amsgrad(
-    learning_rate: Schedule,
-    b1: float,
-    b2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction_mu: bool,
-    bias_correction_nu: bool,
-    decoupled: bool,
+    learning_rate: Schedule, b1: float, b2: float, eps: float, weight_decay: float, decoupled: bool, **flags: bool
 ) -> Any:
-    """L2: chain(add_decayed_weights, amsgrad). Decoupled: scale_by_amsgrad, add_decayed_weights, then the lr."""
+    """L2: chain(add_decayed_weights, amsgrad). Decoupled: scale_by_amsgrad, add_decayed_weights, then the lr.
+
+    ``flags``: ``bias_correction_mu`` and ``bias_correction_nu`` (optax >= 0.2.7), passed only off their defaults.
+    """
     import optax
 
-    flags = {"bias_correction_mu": bias_correction_mu, "bias_correction_nu": bias_correction_nu}
     if decoupled:
         return optax.chain(
             optax.scale_by_amsgrad(b1=b1, b2=b2, eps=eps, **flags),
@@ -348,6 +339,17 @@ FACTORIES: dict[str, Callable[..., Any]] = {
 }
 
 _NO_MAXIMIZE = {"off": Support()}
+
+# Which optax releases have each keyword (the oldest supported release is optax 0.2.0), from the
+# released wheels on PyPI. A keyword at its default is never passed; the release before the one
+# that added it behaves as that default (the evidence names the line).
+
+#: optax 0.2.4 optax/_src/transform.py:98 (scale_by_rms) adds eps_in_sqrt: bool = True; optax 0.2.3
+#: optax/_src/transform.py:117 computes g * rsqrt(nu + eps), eps inside the root (the default)
+_EPS_IN_SQRT = Keyword(default=True, since=Since("0.2.4", "optax 0.2.4 optax/_src/transform.py:98"))
+#: optax 0.2.7 optax/_src/transform.py:327-328 (scale_by_amsgrad) adds bias_correction_mu/nu: bool = True;
+#: optax 0.2.6 and older correct both (optax 0.2.3 optax/_src/transform.py:291-293: mu_hat, nu_hat, max(nu_max, nu_hat))
+_AMSGRAD_CORRECTION = Keyword(default=True, since=Since("0.2.7", "optax 0.2.7 optax/_src/transform.py:327"))
 _NO_DAMPENING = Requirement("dampening == 0", "optax.sgd has no dampening (its trace is g + mu * trace)")
 
 BINDINGS: dict[str, Binding] = {
@@ -406,6 +408,8 @@ BINDINGS: dict[str, Binding] = {
             "maximize": _NO_MAXIMIZE,
         },
         state={"v": Slot("nu"), "gbar": Slot("mu"), "b": Slot("trace", sign=-1.0)},
+        library="optax",
+        keywords={"eps_in_sqrt": _EPS_IN_SQRT},
     ),
     "adagrad": Binding(
         rule="adagrad",
@@ -468,6 +472,8 @@ BINDINGS: dict[str, Binding] = {
             "weight_decay": {"l2": Support({"decoupled": False}), "decoupled": Support({"decoupled": True})},
         },
         state={"m": Slot("mu"), "v": Slot("nu"), "vmax": Slot("nu_max")},
+        library="optax",
+        keywords={"bias_correction_mu": _AMSGRAD_CORRECTION, "bias_correction_nu": _AMSGRAD_CORRECTION},
     ),
     "adabelief": Binding(
         rule="adabelief",
@@ -658,10 +664,57 @@ BINDINGS: dict[str, Binding] = {
 
 
 def jax_unavailable() -> str | None:
+    """Why optax cannot run: not installed (a reason, the cells are skipped), or installed but
+    unusable (an AdapterError: one line, exit 2)."""
     for module in ("jax", "optax"):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install 'optspec[jax]')"
+    problem = _jax_problem()
+    if problem is not None:
+        raise AdapterError(problem)
     return None
+
+
+@cache
+def _jax_problem() -> str | None:
+    installed = ", ".join(f"{name} {installed_version(name)}" for name in ("jax", "jaxlib", "optax"))
+    try:
+        import jax
+        import optax  # noqa: F401
+    except Exception as exc:
+        return f"jax/optax cannot be imported ({installed}): {type(exc).__name__}: {_first_line(exc)}"
+    if _x64_context(jax) is None:
+        return f"jax {jax.__version__} has neither jax.enable_x64 nor jax.experimental.enable_x64 ({installed})"
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _x64_context(jax: Any) -> Callable[[bool], Any] | None:
+    """The context manager that switches x64 on or off: ``jax.enable_x64`` (newer jax) or
+    ``jax.experimental.enable_x64`` (jax 0.4.31 has no jax.enable_x64; jax/experimental/x64_context.py:30
+    defines enable_x64(new_val=True)), else None."""
+    context = getattr(jax, "enable_x64", None)
+    if callable(context):
+        return context
+    try:
+        from jax.experimental import enable_x64
+    except ImportError:
+        return None
+    return enable_x64
+
+
+def x64(enabled: bool) -> Any:
+    """``with x64(dtype == "float64"):`` in every supported jax release."""
+    import jax
+
+    context = _x64_context(jax)
+    if context is None:
+        raise AdapterError(f"jax {jax.__version__} has neither jax.enable_x64 nor jax.experimental.enable_x64")
+    return context(enabled)
 
 
 def find_state_field(state: Any, name: str) -> Any | None:
@@ -753,10 +806,8 @@ class OptaxJit:
         return BINDINGS.get(rule)
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
-        import jax
-
         assert plan.binding is not None
-        with jax.enable_x64(dtype == "float64"):
+        with x64(dtype == "float64"):
             learning_rate = learning_rate_for(inputs, hyper["lr"], dtype)
             try:
                 tx = FACTORIES[plan.binding.rule](learning_rate=learning_rate, **plan.kwargs)

@@ -41,11 +41,33 @@ from typing import Any
 import numpy as np
 
 from optspec.errors import AdapterError
-from optspec.impls.base import Binding, Plan, Requirement, Slot, Support
+from optspec.impls.base import Binding, Keyword, Plan, Requirement, Since, Slot, Support
 from optspec.reference import CaseInputs, Trajectory
 
 _ON_OFF = {"off": Support({"maximize": False}), "on": Support({"maximize": True})}
 _DEFAULT_ONLY = Support()
+
+# Which torch releases have each keyword and path (the oldest supported release is torch 2.0).
+# Evidence is the released source, read from the wheels on PyPI (file:line at that release).
+# A keyword at its default is never passed, so e.g. Adam(amsgrad=True) runs on a torch whose
+# Adam has no decoupled_weight_decay; a non-default value the installed torch lacks is a skip.
+
+#: maximize: bool = False in torch 2.0.1 torch/optim/sgd.py:12, adam.py:16, adamw.py:22, rmsprop.py:22,
+#: adagrad.py:23, adamax.py:22, adadelta.py:22 (RAdam and NAdam have none until 2.4; their bindings pass none)
+_MAXIMIZE = Keyword(default=False)
+#: RAdam: torch 2.1.0 torch/optim/radam.py has no decoupled_weight_decay; torch 2.2.0 torch/optim/radam.py:30 adds it
+_RADAM_DECOUPLED = Keyword(default=False, since=Since("2.2", "torch 2.2.0 torch/optim/radam.py:30"))
+#: NAdam: torch 2.0.1 torch/optim/nadam.py has none; torch 2.1.0 torch/optim/nadam.py:11 adds it
+_NADAM_DECOUPLED = Keyword(default=False, since=Since("2.1", "torch 2.1.0 torch/optim/nadam.py:11"))
+#: Adam: absent up to torch 2.6.0 (torch/optim/adam.py); torch 2.7.0 torch/optim/adam.py:48 adds it
+_ADAM_DECOUPLED = Keyword(default=False, since=Since("2.7", "torch 2.7.0 torch/optim/adam.py:48"))
+#: fused kernels on the CPU: torch 2.0.1 torch/optim/adam.py:47 raises "`fused=True` requires all the params
+#: to be CUDA"; torch 2.3.0 torch/utils/_foreach_utils.py:14 lists ["cuda", "xpu", privateuse1];
+#: torch 2.4.0 torch/utils/_foreach_utils.py:14 adds "cpu" (Adam, AdamW and SGD check that list,
+#: torch 2.4.0 torch/optim/adam.py:83, sgd.py:61)
+_FUSED_CPU = Since("2.4", "torch 2.4.0 torch/utils/_foreach_utils.py:14 (torch 2.3.0's line 14 has no 'cpu')")
+#: Adagrad(fused=...): torch 2.4.0 torch/optim/adagrad.py:36, CPU only (adagrad.py:70 removes "cuda")
+_FUSED_ADAGRAD = Since("2.4", "torch 2.4.0 torch/optim/adagrad.py:36 (CPU only: adagrad.py:70)")
 
 BINDINGS: dict[str, Binding] = {
     "sgd": Binding(
@@ -68,6 +90,10 @@ BINDINGS: dict[str, Binding] = {
             "maximize": _ON_OFF,
         },
         state={"b": Slot("momentum_buffer")},
+        library="torch",
+        keywords={"maximize": _MAXIMIZE, "nesterov": Keyword(default=False)},
+        # SGD(fused=...) appears in torch 2.3.0 torch/optim/sgd.py:13, for CUDA only until 2.4
+        paths={"fused": _FUSED_CPU},
     ),
     "adam": Binding(
         rule="adam",
@@ -79,6 +105,9 @@ BINDINGS: dict[str, Binding] = {
             "maximize": _ON_OFF,
         },
         state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq"), "vmax": Slot("max_exp_avg_sq")},
+        library="torch",
+        keywords={"maximize": _MAXIMIZE, "amsgrad": Keyword(default=False)},
+        paths={"fused": _FUSED_CPU},
     ),
     "adamw": Binding(
         rule="adamw",
@@ -86,6 +115,9 @@ BINDINGS: dict[str, Binding] = {
         hyper={"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay"},
         variants={"decay_scale": {"lr": _DEFAULT_ONLY}, "maximize": _ON_OFF},
         state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq")},
+        library="torch",
+        keywords={"maximize": _MAXIMIZE},
+        paths={"fused": _FUSED_CPU},
     ),
     "rmsprop": Binding(
         rule="rmsprop",
@@ -101,6 +133,8 @@ BINDINGS: dict[str, Binding] = {
             "maximize": _ON_OFF,
         },
         state={"v": Slot("square_avg"), "gbar": Slot("grad_avg"), "b": Slot("momentum_buffer")},
+        library="torch",
+        keywords={"maximize": _MAXIMIZE, "centered": Keyword(default=False)},
     ),
     "adagrad": Binding(
         rule="adagrad",
@@ -114,6 +148,9 @@ BINDINGS: dict[str, Binding] = {
         },
         variants={"epsilon": {"outside": _DEFAULT_ONLY}, "maximize": _ON_OFF},
         state={"G": Slot("sum")},
+        library="torch",
+        keywords={"maximize": _MAXIMIZE},
+        paths={"fused": _FUSED_ADAGRAD},
     ),
     "adamax": Binding(
         rule="adamax",
@@ -121,6 +158,8 @@ BINDINGS: dict[str, Binding] = {
         hyper={"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay"},
         variants={"maximize": _ON_OFF},
         state={"m": Slot("exp_avg"), "u": Slot("exp_inf")},
+        library="torch",
+        keywords={"maximize": _MAXIMIZE},
     ),
     "adadelta": Binding(
         rule="adadelta",
@@ -128,6 +167,8 @@ BINDINGS: dict[str, Binding] = {
         hyper={"lr": "lr", "rho": "rho", "eps": "eps", "weight_decay": "weight_decay"},
         variants={"maximize": _ON_OFF},
         state={"Eg": Slot("square_avg"), "Ex": Slot("acc_delta")},
+        library="torch",
+        keywords={"maximize": _MAXIMIZE},
     ),
     "radam": Binding(
         rule="radam",
@@ -144,6 +185,8 @@ BINDINGS: dict[str, Binding] = {
         },
         state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq")},
         requires=(Requirement("threshold == 5", "torch.optim.RAdam hard-codes the threshold rho_t > 5"),),
+        library="torch",
+        keywords={"decoupled_weight_decay": _RADAM_DECOUPLED},
     ),
     "nadam": Binding(
         rule="nadam",
@@ -165,6 +208,8 @@ BINDINGS: dict[str, Binding] = {
             },
         },
         state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq"), "mu_product": Slot("mu_product")},
+        library="torch",
+        keywords={"decoupled_weight_decay": _NADAM_DECOUPLED},
     ),
     "amsgrad": Binding(
         rule="amsgrad",
@@ -179,6 +224,9 @@ BINDINGS: dict[str, Binding] = {
             },
         },
         state={"m": Slot("exp_avg"), "v": Slot("exp_avg_sq"), "vmax": Slot("max_exp_avg_sq")},
+        library="torch",
+        keywords={"amsgrad": Keyword(default=False), "decoupled_weight_decay": _ADAM_DECOUPLED},
+        paths={"fused": _FUSED_CPU},
     ),
     # --- issue 12b: rules added after the 2019 Adam family (new entries only) ---
     "rprop": Binding(
@@ -204,8 +252,8 @@ BINDINGS: dict[str, Binding] = {
     ),
 }
 
-#: torch.optim classes that accept ``fused=True`` on the CPU in torch 2.13.
-FUSED_RULES = frozenset({"sgd", "adam", "adamw", "adagrad", "amsgrad"})
+#: rules whose torch.optim class has a fused path on the CPU (from torch 2.4; Binding.paths).
+FUSED_RULES = frozenset(rule for rule, binding in BINDINGS.items() if "fused" in binding.paths)
 #: torch.optim classes with a ``capturable`` argument in torch 2.13 (SGD and Adagrad have none).
 CAPTURABLE_RULES = frozenset({"adam", "adamw", "adamax", "adadelta", "rmsprop", "radam", "nadam", "amsgrad"})
 

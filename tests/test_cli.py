@@ -81,8 +81,10 @@ def test_run_prints_the_matrix(tmp_path: Path) -> None:
     result = _run("run", "--rule", "adadelta", "--impl", "torch.for-loop", "--dtype", "float64", "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "adadelta" in result.stdout and "conforms" in result.stdout, result.stdout
-    records = json.loads(out.read_text())
+    doc = json.loads(out.read_text())
+    records = doc["results"]
     assert records and all(r["status"] in ("conforms", "skipped") for r in records), records[:2]
+    assert doc["format"] == "optspec-run/1" and doc["environment"]["packages"]["torch"], doc["environment"]
 
 
 def test_validate(capsys: pytest.CaptureFixture[str]) -> None:

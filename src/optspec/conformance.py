@@ -17,6 +17,7 @@ prints and the reports show.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,6 +47,8 @@ Status = Literal["conforms", "deviation", "fails", "error", "skipped"]
 #: folded into a passing float32 cell.
 HALF_DTYPES = ("bfloat16", "float16")
 DTYPES = ("float32", "float64", *HALF_DTYPES)
+#: the format of ``optspec run --json`` documents: environment (library versions) and results
+RUN_FORMAT = "optspec-run/1"
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ def run_check(check: Check) -> CheckResult:
     }
     if not comparison.ok:
         defect = find_defect(spec.name, impl.name, dtype)
-        message = comparison.message if defect is None else f"{comparison.message} [known defect {defect.id}]"
+        message = comparison.message if defect is None else f"{comparison.message} {defect.label}"
         return CheckResult(**base, status="fails", message=message, defect=defect, **extra)
     if deviations:
         summary = "; ".join(f"{d.summary} [{d.id}]" for d in deviations)
@@ -381,6 +384,15 @@ def matrix(results: Iterable[Any]) -> dict[str, dict[str, Cell]]:
             else:
                 cell.status = "skipped"
     return table
+
+
+def missing_in(skips: Sequence[str]) -> str:
+    """``"not in torch 2.0.1"`` when every skip reason names that same missing release, else ``""``."""
+    found = {match.group(0) if (match := _NOT_IN.search(reason)) else "" for reason in skips}
+    return found.pop() if len(found) == 1 else ""
+
+
+_NOT_IN = re.compile(r"not in [\w.-]+ \d[\w.]*")
 
 
 def golden_dir_error(directory: Path) -> GoldenError:

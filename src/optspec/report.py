@@ -32,7 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from optspec import __version__
-from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record, run_check
+from optspec.conformance import (
+    DTYPES,
+    RUN_FORMAT,
+    CheckResult,
+    enumerate_checks,
+    load_goldens,
+    matrix,
+    missing_in,
+    result_record,
+    run_check,
+)
+from optspec.errors import UsageError
 from optspec.golden import write_atomic
 from optspec.impls.base import Implementation
 from optspec.spec import SpecLibrary
@@ -298,6 +309,208 @@ def write_report(data: ReportData, directory: Path) -> list[Path]:
         ("report.json", json.dumps(doc, separators=(",", ":")) + "\n"),
         ("report.md", markdown(doc, plots)),
         ("report.html", page(doc, images)),
+    ):
+        write_atomic(directory / name, text)
+        written.append(directory / name)
+    return written
+
+
+# --------------------------------------------------------------------------- recorded runs side by side
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """One ``optspec run --json`` document: where it came from, its environment and its results."""
+
+    path: Path
+    optspec: str
+    environment: Mapping[str, Any]
+    results: tuple[Mapping[str, Any], ...]
+
+    def version(self, framework: str) -> str:
+        """The recorded version of ``framework`` (``torch``, ``optax``, ``optspec``), without a local label."""
+        if framework == "optspec":
+            return self.optspec
+        version = self.environment.get("packages", {}).get(framework)
+        return str(version).split("+", 1)[0] if version else "not installed"
+
+
+def load_run(path: Path) -> RecordedRun:
+    """Read a run document; anything else is one line naming the file (UsageError, exit 2)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not JSON ({exc})") from None
+    if isinstance(doc, list):
+        raise UsageError(f"{path}: a result list without library versions (an older optspec run --json); run it again")
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
+        raise UsageError(f"{path}: not an `optspec run --json` document (format {RUN_FORMAT!r})")
+    environment, results = doc.get("environment"), doc.get("results")
+    if not isinstance(environment, dict) or not isinstance(environment.get("packages"), dict):
+        raise UsageError(f"{path}: field 'environment.packages' is missing or not an object")
+    if not isinstance(results, list):
+        raise UsageError(f"{path}: field 'results' is missing or not a list")
+    for index, record in enumerate(results):
+        missing = [k for k in ("implementation", "status", "message") if not isinstance(record, dict) or k not in record]
+        if missing or not (record.get("rule") or record.get("schedule")):
+            what = missing[0] if missing else "rule"
+            raise UsageError(f"{path}: results[{index}]: field {what!r} is missing")
+        if record["status"] not in ("conforms", "deviation", "fails", "error", "skipped"):
+            raise UsageError(f"{path}: results[{index}]: unknown status {record['status']!r}")
+    return RecordedRun(path, str(doc.get("optspec", "?")), environment, tuple(results))
+
+
+def framework_of(implementation: str) -> str:
+    """The distribution an implementation's version is that of: ``torch.fused`` -> torch, ``optax`` -> optax."""
+    return implementation.split(".", 1)[0]
+
+
+def comparison_document(runs: Sequence[RecordedRun]) -> dict[str, Any]:
+    """Rows (rules, then schedules) x columns (implementation x each run's version of its library).
+
+    A column is ``IMPL @ LIBRARY VERSION`` (``torch.fused @ torch 2.0.1``), the runs of one
+    implementation side by side; two runs with the same version are told apart by file name.
+    """
+    columns: dict[tuple[str, int], str] = {}
+    order: list[str] = []
+    for run in runs:
+        for record in run.results:
+            if record["implementation"] not in order:
+                order.append(record["implementation"])
+    labels: list[str] = []
+    for impl in order:
+        for index, run in enumerate(runs):
+            if not any(r["implementation"] == impl for r in run.results):
+                continue
+            label = f"{impl} @ {framework_of(impl)} {run.version(framework_of(impl))}"
+            if label in labels:
+                label = f"{label} ({run.path.name})"
+            columns[impl, index] = label
+            labels.append(label)
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for index, run in enumerate(runs):
+        for record in run.results:
+            row = record.get("rule") or f"schedule {record['schedule']}"
+            cell = cells.setdefault(row, {}).setdefault(
+                columns[record["implementation"], index], {"counts": {}, "deviations": set(), "skips": []}
+            )
+            cell["counts"][record["status"]] = cell["counts"].get(record["status"], 0) + 1
+            cell["deviations"].update(record.get("deviations", []))
+            if record["status"] == "skipped":
+                cell["skips"].append(record["message"])
+    matrix_cells: dict[str, dict[str, Any]] = {}
+    for row, by_label in cells.items():
+        matrix_cells[row] = {}
+        for label, cell in by_label.items():
+            status = next(
+                (name for key, name in _FOLD if cell["counts"].get(key)),
+                "skipped",
+            )
+            shown = (missing_in(cell["skips"]) or status) if status == "skipped" else status
+            matrix_cells[row][label] = {
+                "status": status,
+                "shown": shown,
+                "counts": cell["counts"],
+                "deviations": sorted(cell["deviations"]),
+            }
+    return {
+        "format": "optspec-comparison/1",
+        "optspec": __version__,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "runs": [
+            {
+                "path": str(run.path),
+                "optspec": run.optspec,
+                "python": run.environment.get("python"),
+                "packages": dict(run.environment.get("packages", {})),
+            }
+            for run in runs
+        ],
+        "columns": labels,
+        "matrix": matrix_cells,
+        "failures": [
+            {"column": columns[r["implementation"], index], "id": r.get("id", ""), "status": r["status"], "message": r["message"]}
+            for index, run in enumerate(runs)
+            for r in run.results
+            if r["status"] in ("fails", "error")
+        ],
+    }
+
+
+#: a cell's status: the worst outcome of its checks (error > fails > known deviation > conforms > skipped)
+_FOLD = (("error", "error"), ("fails", "fails"), ("deviation", "known deviation"), ("conforms", "conforms"))
+
+
+def _versions_line(run: Mapping[str, Any]) -> str:
+    packages = ", ".join(f"{k} {v}" for k, v in run["packages"].items() if v)
+    return f"`{run['path']}`: Python {run['python']}, {packages}"
+
+
+def comparison_markdown(doc: Mapping[str, Any]) -> str:
+    columns = doc["columns"]
+    lines = [
+        "# optspec conformance across library versions",
+        "",
+        f"optspec {doc['optspec']}, generated {doc['generated']}, from {len(doc['runs'])} recorded runs:",
+        "",
+        *[f"- {_versions_line(run)}" for run in doc["runs"]],
+        "",
+        "Each cell: status over every golden test and dtype of that run; `-`: the run has no such cell.",
+        "",
+        "| rule | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for row in sorted(doc["matrix"]):
+        cells = doc["matrix"][row]
+        lines.append(f"| {row} | " + " | ".join(cells[c]["shown"] if c in cells else "-" for c in columns) + " |")
+    lines += ["", "## Failures", ""]
+    lines += [f"- {f['column']}: `{f['id']}`: {f['message']}" for f in doc["failures"]] or ["None."]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_page(doc: Mapping[str, Any]) -> str:
+    esc = html.escape
+    columns = doc["columns"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>optspec conformance across library versions</title>',
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>optspec conformance across library versions</h1>",
+        "<ul>" + "".join(f"<li>{esc(_versions_line(run))}</li>" for run in doc["runs"]) + "</ul>",
+        '<table id="matrix"><thead><tr><th>rule</th>' + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead><tbody>",
+    ]
+    for row in sorted(doc["matrix"]):
+        cells = doc["matrix"][row]
+        tds = [
+            f'<td class="{esc(cells[c]["status"].replace(" ", "-"))}">{esc(cells[c]["shown"])}</td>'
+            if c in cells
+            else '<td class="none">-</td>'
+            for c in columns
+        ]
+        parts.append(f"<tr><th>{esc(row)}</th>{''.join(tds)}</tr>")
+    parts.append("</tbody></table><h2>Failures</h2>")
+    failures = doc["failures"]
+    parts.append(
+        "<ul>"
+        + "".join(f"<li>{esc(f['column'])}: <code>{esc(f['id'])}</code>: {esc(f['message'])}</li>" for f in failures)
+        + "</ul>"
+        if failures
+        else "<p>None.</p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_comparison(runs: Sequence[RecordedRun], directory: Path) -> list[Path]:
+    """Write comparison.json, comparison.md and comparison.html (each atomically)."""
+    doc = comparison_document(runs)
+    written = []
+    for name, text in (
+        ("comparison.json", json.dumps(doc, indent=1) + "\n"),
+        ("comparison.md", comparison_markdown(doc)),
+        ("comparison.html", comparison_page(doc)),
     ):
         write_atomic(directory / name, text)
         written.append(directory / name)

@@ -570,9 +570,7 @@ def _torch_snapshot(
 
 
 def _run_optax(factory: Any, sc: Scenario) -> Trajectory:
-    import jax
-
-    with jax.enable_x64(sc.dtype == "float64"):
+    with optax_jax.x64(sc.dtype == "float64"):
         return _run_optax_x64(factory, sc)
 
 

@@ -1,4 +1,5 @@
-"""``optspec report``: run the conformance matrix and write HTML, Markdown and JSON pages."""
+"""``optspec report``: run the conformance matrix and write HTML, Markdown and JSON pages; or, given
+``optspec run --json`` documents, put those runs side by side (a column per library version)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from optspec.commands import add_spec_options, check_output_dir, library_from
 from optspec.conformance import DTYPES
+from optspec.errors import UsageError
 from optspec.golden import default_golden_dir
 from optspec.impls import all_implementations, implementation
 
@@ -14,6 +16,13 @@ from optspec.impls import all_implementations, implementation
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write the conformance report (HTML, Markdown, JSON, plots) to reports/")
     add_spec_options(parser)
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        type=Path,
+        metavar="RUN.json",
+        help="recorded `optspec run --json` documents to put side by side (a column per library version) instead of running",
+    )
     parser.add_argument("--rule", action="append", default=[], help="only this rule (repeatable)")
     parser.add_argument("--impl", action="append", default=[], help="only this implementation (repeatable)")
     parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="only this dtype (repeatable)")
@@ -23,9 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optspec.report import collect, write_report
+    from optspec.report import collect, load_run, write_comparison, write_report
 
     check_output_dir(args.out, "--out")
+    if args.runs:
+        if args.rule or args.impl or args.dtype or args.dir or args.specs:
+            raise UsageError("RUN.json files are reported as recorded: --rule, --impl, --dtype, --dir and --specs do not apply")
+        runs = [load_run(path) for path in args.runs]
+        for path in write_comparison(runs, args.out):
+            print(f"wrote {path}")
+        return 0
     library = library_from(args)
     for rule in args.rule:
         library.get(rule)

@@ -9,8 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from optspec import __version__
+from optspec.checking.runner import environment
 from optspec.commands import add_spec_options, check_output_file, library_from, write_failed
-from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record, run_check
+from optspec.conformance import (
+    DTYPES,
+    RUN_FORMAT,
+    CheckResult,
+    enumerate_checks,
+    load_goldens,
+    matrix,
+    missing_in,
+    result_record,
+    run_check,
+)
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
 from optspec.impls import all_implementations, implementation, sharded_implementations
@@ -73,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAIL {failure.message}")
     if args.json:
         try:
-            write_atomic(args.json, json.dumps([result_json(r) for r in results], indent=1) + "\n")
+            write_atomic(args.json, json.dumps(run_document(results), indent=1) + "\n")
         except OSError as exc:
             raise write_failed(args.json, exc) from None
     counts = {s: sum(r.status == s for r in results) for s in ("conforms", "deviation", "fails", "error", "skipped")}
@@ -111,11 +123,11 @@ def _progress(checks: list, quiet: bool) -> Iterator:
 def print_matrix(table: dict, implementations: list[str], what: str = "rule") -> None:
     width = max([len(r) for r in table] + [len(what)])
     columns = [i for i in implementations if any(i in row for row in table.values())]
-    widths = [max(len(c), 15) for c in columns]
+    texts = {rule: [cell_text(table[rule][c]) if c in table[rule] else "-" for c in columns] for rule in table}
+    widths = [max([len(c), 15] + [len(cells[i]) for cells in texts.values()]) for i, c in enumerate(columns)]
     print(what.ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for rule in sorted(table):
-        cells = [table[rule][c].status if c in table[rule] else "-" for c in columns]
-        print(rule.ljust(width) + "  " + "  ".join(s.ljust(w) for s, w in zip(cells, widths)))
+        print(rule.ljust(width) + "  " + "  ".join(s.ljust(w) for s, w in zip(texts[rule], widths)))
     notes = {}
     defects: dict[str, tuple[Any, list[str]]] = {}
     for rule, row in sorted(table.items()):
@@ -134,6 +146,26 @@ def print_matrix(table: dict, implementations: list[str], what: str = "rule") ->
         for defect, cells in defects.values():
             print(f"  [{defect.id}] {', '.join(cells)}: {defect.reason} ({'; '.join(defect.upstream)})")
         print()
+
+
+def run_document(results: list) -> dict[str, Any]:
+    """The ``--json`` document (format optspec-run/1): the environment the run had (Python, the
+    versions of numpy, torch, jax, jaxlib, optax, ml_dtypes) and every check's result.
+    ``optspec report RUN.json ...`` puts several of these side by side."""
+    return {
+        "format": RUN_FORMAT,
+        "optspec": __version__,
+        "environment": environment(),
+        "results": [result_json(r) for r in results],
+    }
+
+
+def cell_text(cell: Any) -> str:
+    """The cell's status; a cell skipped wholly because the installed library lacks it says so ("not in torch 2.0.1"),
+    and one whose every failure is a registered defect of the installed release says that."""
+    if cell.status == "fails" and all("[known defect " in message for message in cell.failures):
+        return "fails: known defect"
+    return missing_in(cell.skips) if cell.status == "skipped" and missing_in(cell.skips) else cell.status
 
 
 def result_json(result: Any) -> dict:

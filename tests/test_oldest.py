@@ -1,0 +1,170 @@
+"""The matrix against the oldest supported releases (``tox -e oldest``): torch 2.0.1, optax 0.2.3
+with jax 0.4.31, numpy 1.26.
+
+``optspec run`` must exit 0 or 1, never 2 (nothing "could not run": a keyword or path torch
+2.0.1 lacks is a skip that says so), and every failing check must be one of the real, named
+defects of those releases below, each with its evidence (the released source, file:line) and
+the upstream fix: the ``[[defect]]`` entries of impls/deviations.toml, which the matrix names
+in each such failure. A failure not registered fails the test; so does a registered defect of
+these releases that no longer shows (the registry cannot hide anything), and the proofs at the
+end show each defect is exactly what its entry says. The whole matrix takes minutes on two cores, so the
+module runs only where ``OPTSPEC_OLDEST=1`` (set by tox -e oldest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.oldest,
+    pytest.mark.skipif(
+        os.environ.get("OPTSPEC_OLDEST") != "1",
+        reason="the whole matrix against torch 2.0.1 / optax 0.2.3 runs in tox -e oldest (OPTSPEC_OLDEST=1)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+OLDEST = {"torch": "2.0.1", "optax": "0.2.3", "jax": "0.4.31", "jaxlib": "0.4.31"}
+
+
+@pytest.fixture(scope="module")
+def matrix_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("oldest") / "run-oldest.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "optspec.cli", "run", "--quiet", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=3000,
+    )
+    doc = json.loads(out.read_text()) if out.exists() else None
+    return {"code": result.returncode, "stdout": result.stdout, "stderr": result.stderr, "doc": doc}
+
+
+def test_the_installed_releases_are_the_oldest(matrix_run: dict[str, Any]) -> None:
+    assert matrix_run["doc"] is not None, f"optspec run wrote no --json document: {matrix_run['stderr'][-2000:]}"
+    packages = matrix_run["doc"]["environment"]["packages"]
+    for name, version in OLDEST.items():
+        assert (packages.get(name) or "").split("+")[0] == version, f"{name}: installed {packages.get(name)}, expected {version}"
+    assert (packages.get("numpy") or "").startswith("1.26."), f"numpy {packages.get('numpy')}: expected 1.26.x"
+
+
+def test_the_matrix_exits_0_or_1_never_2(matrix_run: dict[str, Any]) -> None:
+    errors = [r for r in (matrix_run["doc"] or {}).get("results", []) if r["status"] == "error"]
+    assert matrix_run["code"] in (0, 1), (
+        f"optspec run exited {matrix_run['code']}; {len(errors)} checks could not run, first: "
+        f"{errors[0]['message'] if errors else matrix_run['stderr'][-2000:]}"
+    )
+    assert not errors, f"{len(errors)} checks could not run, first: {errors[0]['message']}"
+
+
+def test_every_failure_is_a_registered_defect_of_the_old_release(matrix_run: dict[str, Any]) -> None:
+    """Each failing check names a [[defect]] of impls/defects.toml that the installed release has
+    (evidence: the released source; the upstream fix), and each old-release defect shows."""
+    from optspec.impls.defects import defects as registry
+
+    defects = {d.id: d for d in registry() if d.present()}
+    old_release = {d.id for d in registry() if d.fixed_in is not None and d.present()}
+    failures = [r for r in matrix_run["doc"]["results"] if r["status"] == "fails"]
+    unexplained = [r for r in failures if r.get("defect") not in defects]
+    assert not unexplained, f"{len(unexplained)} failures are not a registered defect, first: {unexplained[0]['message']}"
+    assert all("[known defect " in r["message"] for r in failures), "a defect's failure message must name it"
+    seen = {r["defect"] for r in failures}
+    assert old_release <= seen, f"registered defects of these releases that no longer show: {sorted(old_release - seen)}"
+    assert (matrix_run["code"] == 1) == bool(failures), f"exit {matrix_run['code']} with {len(failures)} failures"
+    assert "fails: known defect" in matrix_run["stdout"], "the matrix cell of a defect must say so"
+
+
+def test_what_torch_2_0_1_lacks_is_a_named_skip(matrix_run: dict[str, Any]) -> None:
+    """The fused path (CPU from 2.4) and decoupled decay in RAdam (2.2), NAdam (2.1), Adam (2.7)."""
+    results = matrix_run["doc"]["results"]
+    fused = [r for r in results if r["implementation"] == "torch.fused"]
+    assert fused and all(r["status"] == "skipped" and "the fused path is not in torch 2.0.1" in r["message"] for r in fused), (
+        f"torch.fused on torch 2.0.1: {sorted({r['message'][:90] for r in fused})[:3]}"
+    )
+    for rule, target in (("radam", "RAdam"), ("nadam", "NAdam"), ("amsgrad", "Adam")):
+        decoupled = [
+            r
+            for r in results
+            if r.get("rule") == rule
+            and r["implementation"] == "torch.for-loop"
+            and r["variant"].get("weight_decay") == "decoupled"
+        ]
+        wanted = f"torch.optim.{target}(decoupled_weight_decay=True) is not in torch 2.0.1"
+        # every decoupled case is skipped: for the keyword, or first for what torch cannot express in any
+        # release (RAdam's hard-coded threshold, NAdam's schedule=one_correction)
+        reasons = sorted({r["message"] for r in decoupled if r["status"] == "skipped"})
+        assert decoupled and all(r["status"] == "skipped" for r in decoupled), f"{rule} decoupled ran on torch 2.0.1"
+        assert any(wanted in m for m in reasons), f"{rule} decoupled on torch 2.0.1 skipped only for: {reasons[:3]}"
+    ran = [r for r in results if r.get("rule") in ("radam", "nadam", "amsgrad") and r["status"] in ("conforms", "deviation")]
+    assert ran, "the L2 cases of radam, nadam and amsgrad must run on torch 2.0.1 (no decoupled_weight_decay passed)"
+    optax_rms = [r for r in results if r.get("rule") == "rmsprop" and r["implementation"] == "optax"]
+    assert any("eps_in_sqrt=False) is not in optax 0.2.3" in r["message"] for r in optax_rms), "optax 0.2.3 has no eps_in_sqrt"
+    assert any(r["status"] in ("conforms", "deviation") for r in optax_rms), "optax 0.2.3 rmsprop (eps inside) must run"
+
+
+# --------------------------------------------------------------------------- the defects, shown to be exactly that
+
+
+def _golden(rule: str) -> Any:
+    from optspec.golden import read_golden
+    from optspec.spec import SpecLibrary
+
+    spec = SpecLibrary().get(rule)
+    return spec, read_golden(ROOT / "conformance" / "golden" / f"{rule}.json", spec, f"conformance/golden/{rule}.json")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_optax_0_2_3_adabelief_is_the_previous_moment_variant(dtype: str) -> None:
+    """[[defect]] optax-adabelief-previous-moment: the failing runs conform to prediction=previous."""
+    from optspec.conformance import compare_with_registry
+    from optspec.impls import implementation
+    from optspec.impls.base import plan_case
+
+    spec, golden = _golden("adabelief")
+    impl = implementation("optax")
+    for case in ("defaults", "knobs", "scheduled"):
+        asked = golden.find(case, spec.default_variant())
+        previous = golden.find(case, {**spec.default_variant(), "prediction": "previous"})
+        assert asked is not None and previous is not None, f"adabelief golden has no {case} case for both predictions"
+        plan = plan_case(impl, spec, asked.variant, asked.hyper, dtype)
+        assert plan.skip is None, plan.skip
+        observed = impl.run(plan, asked.inputs, asked.hyper, dtype, asked.steps)
+        as_asked, _, _ = compare_with_registry(spec, "optax", asked, observed, dtype, f"{case} (current)")
+        as_previous, _, _ = compare_with_registry(spec, "optax", previous, observed, dtype, f"{case} (previous)")
+        assert not as_asked.ok, f"optax 0.2.3 adabelief {case} {dtype} conforms to prediction=current: the defect is gone"
+        assert as_previous.ok, f"optax 0.2.3 adabelief {case} {dtype} is not prediction=previous either: {as_previous.message}"
+
+
+def test_torch_2_0_1_foreach_adagrad_conforms_with_a_float64_step_tensor() -> None:
+    """[[defect]] torch-adagrad-foreach-float32-step-size: the only difference is the float32 step tensor."""
+    import torch
+
+    from optspec.conformance import compare
+    from optspec.impls import implementation
+    from optspec.impls.base import plan_case
+
+    spec, golden = _golden("adagrad")
+    impl = implementation("torch.foreach")
+    for case in ("defaults", "knobs"):
+        test = golden.find(case, {**spec.default_variant(), "epsilon": "outside"})
+        assert test is not None, f"adagrad golden has no epsilon=outside {case} case"
+        plan = plan_case(impl, spec, test.variant, test.hyper, "float64")
+        assert plan.skip is None, plan.skip
+        plain = impl.run(plan, test.inputs, test.hyper, "float64", test.steps)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            wide = impl.run(plan, test.inputs, test.hyper, "float64", test.steps)
+        finally:
+            torch.set_default_dtype(previous)
+        assert not compare(test, plain, "float64", case).ok, f"torch 2.0.1 foreach adagrad {case} conforms: the defect is gone"
+        result = compare(test, wide, "float64", f"{case} with a float64 step tensor")
+        assert result.ok, f"with the default dtype float64, foreach adagrad {case} still differs: {result.message}"
