@@ -233,6 +233,11 @@ def _numpy(tensor: Any) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
 
 
+#: torch.optim classes without a ``foreach`` keyword: one code path, run as the for-loop
+#: (torch.optim.Muon.__init__, torch/optim/_muon.py:88-99, takes no foreach).
+SINGLE_PATH_RULES = frozenset({"muon"})
+
+
 class TorchOptim:
     """One torch.optim code path: ``for-loop`` (foreach=False), ``foreach`` or ``fused``."""
 
@@ -257,6 +262,8 @@ class TorchOptim:
     def binding(self, rule: str) -> Binding | None:
         if self.path == "fused" and rule not in FUSED_RULES:
             return None
+        if self.path == "foreach" and rule in SINGLE_PATH_RULES:
+            return None
         return BINDINGS.get(rule)
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
@@ -264,7 +271,7 @@ class TorchOptim:
         kwargs = dict(plan.kwargs)
         if self.path == "fused":
             kwargs["fused"] = True
-        else:
+        elif plan.binding.rule not in SINGLE_PATH_RULES:
             kwargs["foreach"] = self.path == "foreach"
         return run_torch_optimizer(
             resolve_target(plan.binding.target),
@@ -280,3 +287,55 @@ class TorchOptim:
 
 
 IMPLEMENTATIONS = (TorchOptim("for-loop"), TorchOptim("foreach"), TorchOptim("fused"))
+
+_MUON_RMS = Requirement(
+    "consistent_rms == 0.2", "torch.optim.Muon's match_rms_adamw factor is fixed at 0.2 (torch/optim/_muon.py:81)"
+)
+
+BINDINGS["muon"] = Binding(
+    rule="muon",
+    target="torch.optim.Muon",
+    hyper={
+        "lr": "lr",
+        "momentum": "momentum",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "ns_a": "ns_coefficients[0]",
+        "ns_b": "ns_coefficients[1]",
+        "ns_c": "ns_coefficients[2]",
+    },
+    variants={
+        # torch/optim/_muon.py:55 (bfloat16), :59 (clamp), :333-334 (lerp buffer and Nesterov, no correction)
+        "ns_dtype": {"bfloat16": _DEFAULT_ONLY},
+        "normalise": {"clamp": _DEFAULT_ONLY},
+        "nesterov": {"on": Support({"nesterov": True}), "off": Support({"nesterov": False})},
+        "bias_correction": {"off": _DEFAULT_ONLY},
+        # :77-84: None / "original" is sqrt(max(1, A / B)), "match_rms_adamw" 0.2 sqrt(max(A, B))
+        "lr_scale": {
+            "rows_over_cols": Support({"adjust_lr_fn": None}),
+            "match_rms": Support({"adjust_lr_fn": "match_rms_adamw"}, (_MUON_RMS,)),
+        },
+    },
+    state={"b": Slot("momentum_buffer")},
+)
+
+BINDINGS["adafactor"] = Binding(
+    rule="adafactor",
+    target="torch.optim.Adafactor",
+    hyper={"lr": "lr", "eps1": "eps[0]", "eps2": "eps[1]", "d": "d", "weight_decay": "weight_decay"},
+    variants={
+        # torch/optim/_adafactor.py:387 (factor every ndim > 1), :403/:413 (clamps), :380-381 (relative step),
+        # :415 (clipping always), :384-385 (decay times lr)
+        "factored": {"always": _DEFAULT_ONLY},
+        "epsilon": {"clamp": _DEFAULT_ONLY},
+        "step_size": {"relative": _DEFAULT_ONLY},
+        "clipping": {"on": _DEFAULT_ONLY},
+        "momentum": {"off": _DEFAULT_ONLY},
+        "decay": {"lr": _DEFAULT_ONLY},
+    },
+    state={"v": Slot("variance")},
+    requires=(
+        Requirement("decay_rate == 0.8", "torch's beta2_decay is left at its default -0.8 (_adafactor.py:28)"),
+        Requirement("d >= 1", "torch.optim.Adafactor rejects d < 1 (_adafactor.py:46-47)"),
+    ),
+)

@@ -54,7 +54,9 @@ def shapes_of(spec: Spec) -> tuple[tuple[int, ...], ...]:
     return spec.shapes if spec.shapes is not None else SHAPES
 
 
-def _own_shapes(spec: Spec, case: CaseSpec, rng: np.random.Generator, small: float) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+def _own_shapes(
+    spec: Spec, case: CaseSpec, rng: np.random.Generator, small: float
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """Parameters and gradients for a spec's own shapes: tensor i gets the gradient profile
     of standard tensor i mod 5 (N(0, 1); near epsilon; falling; a consistent direction; mixed scales)."""
     steps = case.steps

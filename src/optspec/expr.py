@@ -362,7 +362,9 @@ def _parse_loop(text: str, loop: re.Match[str]) -> Equation:
     """``repeat N: a = ...; b = ...``: N from 1 to MAX_REPEAT, a body of unlabelled equations."""
     count = int(loop.group("count"))
     if not 1 <= count <= MAX_REPEAT:
-        raise ExprError(f"repeat count {_short(loop.group('count'))} must be a whole number from 1 to {MAX_REPEAT}", loop.start("count") + 1)
+        raise ExprError(
+            f"repeat count {_short(loop.group('count'))} must be a whole number from 1 to {MAX_REPEAT}", loop.start("count") + 1
+        )
     body: list[Equation] = []
     start = loop.end()
     for piece in text[loop.end() :].split(";"):
@@ -371,7 +373,9 @@ def _parse_loop(text: str, loop: re.Match[str]) -> Equation:
             if not piece.strip() and body:
                 start += len(piece) + 1
                 continue  # a trailing ';'
-            raise ExprError("a loop body is equations 'name = expression' separated by ';' (no labels, no nested loops)", start + 1)
+            raise ExprError(
+                "a loop body is equations 'name = expression' separated by ';' (no labels, no nested loops)", start + 1
+            )
         if match.group("target") in FUNCTION_ARITY:
             raise ExprError(f"cannot assign to the function name {match.group('target')!r}", start + match.start("target") + 1)
         offset = start + match.end()

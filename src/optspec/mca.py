@@ -50,7 +50,10 @@ above. ``row_mean`` and ``col_mean`` are reductions over n elements (one site of
 site: every member's value is rounded to the nearest bfloat16 deterministically, as the
 implementation does, so a member whose earlier roundings moved a value across a bfloat16
 rounding boundary lands one bfloat16 ulp away from member 0, exactly as an implementation with
-another accumulation order does.
+another accumulation order does. Every site inside round_bf16's argument rounds to a format
+no wider than binary32 (torch's bfloat16 matmul, addmm and norm accumulate in binary32 even
+when the parameters are binary64), so the float64 profile of a bfloat16 Newton-Schulz gets
+the spread a binary32 accumulator causes.
 
 Each member of an ensemble may have its own unit roundoffs, so that one pass evaluates
 several profiles (the torch-like ``float32`` and JAX-like ``float32_scalar32`` members
@@ -81,7 +84,15 @@ from optspec.expr import (
     Unary,
     walk,
 )
-from optspec.reference import _BINARY, _ELEMENTWISE, SHAPE_QUERY_FUNCTIONS, SHAPED_TENSOR_FUNCTIONS, CaseInputs, _init_order, round_bf16
+from optspec.reference import (
+    _BINARY,
+    _ELEMENTWISE,
+    SHAPE_QUERY_FUNCTIONS,
+    SHAPED_TENSOR_FUNCTIONS,
+    CaseInputs,
+    _init_order,
+    round_bf16,
+)
 from optspec.spec import ResolvedRule
 
 #: Functions whose result is exact (no rounding site).
@@ -299,6 +310,17 @@ class _Perturb:
         self.offset = 0
         #: set for a tensor-by-tensor run (matrix constructs): values keep their shapes
         self.shaped: ShapedLayout | None = None
+        #: > 0 while evaluating the argument of round_bf16: formats no wider than binary32
+        self.bf16_depth = 0
+        self.bf16_formats = {
+            kind: [
+                (np.float32, rows, UNIT["float32"]) if unit_roundoff < UNIT["float32"] else (fmt, rows, unit_roundoff)
+                for fmt, rows, unit_roundoff in [
+                    (numpy_format(f), r, UNIT[f]) for f, r in ensemble.rows(kind) if max(UNIT[f], UNIT["float32"]) > carrier_unit
+                ]
+            ]
+            for kind in ("tensor", "scalar", "const")
+        }
 
     def _constant(self, site: int) -> np.ndarray:
         """The site's fixed xi, shape (members, 1), for systematic members."""
@@ -317,8 +339,12 @@ class _Perturb:
 
     def __call__(self, value: Any, unit: str, site: int, fixed: bool, weight: Any = 1.0) -> Any:
         """Round ``value`` to each member's format for the ``unit`` category; ``fixed``: the
-        value is a per-tensor scalar or constant, so systematic members use the site's xi."""
+        value is a per-tensor scalar or constant, so systematic members use the site's xi.
+        Inside the argument of ``round_bf16`` (``self.bf16_depth > 0``) no format is wider than
+        binary32: a bfloat16 operation accumulates in binary32 whatever the parameter's dtype."""
         entries = self.formats[unit]
+        if self.bf16_depth:
+            entries = self.bf16_formats[unit]
         if not entries:
             return value
         x = np.asarray(value, dtype=self.carrier)
@@ -418,7 +444,17 @@ class _EnsembleCompiler:
         func = expr.func
         if func in ROUNDING_FUNCTIONS:
             arg, kind = self.compile(expr.args[0])
-            return (lambda env: round_bf16(np.asarray(arg(env), dtype=self.carrier))), kind
+            perturb, carrier = self.perturb, self.carrier
+
+            def rounded(env: Env) -> Any:
+                perturb.bf16_depth += 1
+                try:
+                    value = arg(env)
+                finally:
+                    perturb.bf16_depth -= 1
+                return round_bf16(np.asarray(value, dtype=carrier))
+
+            return rounded, kind
         if func in SHAPE_QUERIES:
             arg, _ = self.compile(expr.args[0])
             query, carrier = SHAPE_QUERY_FUNCTIONS[func], self.carrier
@@ -665,7 +701,11 @@ def _run_shaped(
                     spread_t[slot] = {
                         profile: float(max(np.max(per_member[part]) for part in parts)) for profile, parts in slices.items()
                     }
-                    exact_t[slot] = value[0].reshape(shape) if slot == "theta" or kinds[slot] == "tensor" else np.array(value[0].reshape(-1)[0])
+                    exact_t[slot] = (
+                        value[0].reshape(shape)
+                        if slot == "theta" or kinds[slot] == "tensor"
+                        else np.array(value[0].reshape(-1)[0])
+                    )
                 spread[t].append(spread_t)
                 exact[t].append(exact_t)
     perturb.shaped = None

@@ -214,7 +214,9 @@ class _Compiler:
                 (x,) = fns
                 return (lambda env: np.asarray(func(np.asarray(x(env), dtype=tensor)), dtype=tensor)), "tensor"
             x, y = fns
-            return (lambda env: np.asarray(func(np.asarray(x(env), dtype=tensor), np.asarray(y(env), dtype=tensor)), dtype=tensor)), "tensor"
+            return (
+                lambda env: np.asarray(func(np.asarray(x(env), dtype=tensor), np.asarray(y(env), dtype=tensor)), dtype=tensor)
+            ), "tensor"
         if expr.func == "where":
             return self._where(expr.args)
         return self._apply(_ELEMENTWISE[expr.func], list(expr.args))
