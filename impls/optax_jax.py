@@ -636,7 +636,7 @@ _ADAFACTOR_SCALE = Requirement("eps2 == 0.001", "optax's parameter scale floor i
 BINDINGS["adafactor"] = Binding(
     rule="adafactor",
     target="optax.adafactor",
-    hyper={"decay_rate": "decay_rate", "eps": "eps", "min_dim_size_to_factor": "min_dim_size_to_factor"},
+    hyper={"decay_rate": "decay_rate", "eps_g2": "eps", "min_dim_size_to_factor": "min_dim_size_to_factor"},
     variants={
         # optax/_src/factorized.py:52-57 (factor when the second-largest dim >= min_dim_size_to_factor)
         "factored": {"min_size": Support({"factored": True}), "never": Support({"factored": False})},
