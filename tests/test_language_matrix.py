@@ -105,3 +105,71 @@ def test_muon_has_no_cuda_kernel_and_says_why() -> None:
     reason = no_kernel_reason(LIBRARY.get("muon").resolve())
     assert reason is not None and "matmul" in reason, f"expected a reason naming matmul, got {reason!r}"
     assert no_kernel_reason(LIBRARY.get("adam").resolve()) is None, "adam is elementwise and must keep its kernel"
+
+
+def _adafactor(variant: dict[str, str], case: str):  # type: ignore[no-untyped-def]
+    spec = LIBRARY.get("adafactor")
+    inputs = make_inputs(spec, spec.case(case))
+    hyper = spec.hyper_values(spec.case(case).hyper)
+    ref = run_reference(spec.resolve(variant), hyper, inputs, FLOAT64, record=[inputs.steps])[inputs.steps]
+    return [r["theta"] for r in ref], hyper, inputs
+
+
+@pytest.mark.parametrize("case", ["defaults", "knobs"])
+def test_adafactor_default_is_torch_adafactor_in_float64(case: str) -> None:
+    """torch.optim.Adafactor (torch/optim/_adafactor.py:366-416) is the default variant."""
+    torch = pytest.importorskip("torch")
+    ref, hyper, inputs = _adafactor({}, case)
+    params = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in inputs.params]
+    opt = torch.optim.Adafactor(
+        params,
+        lr=hyper["lr"],
+        eps=(hyper["eps1"], hyper["eps2"]),
+        d=hyper["d"],
+        weight_decay=hyper["weight_decay"],
+        foreach=False,
+    )
+    for t in range(inputs.steps):
+        for p, g in zip(params, inputs.grads):
+            p.grad = torch.tensor(g[t], dtype=torch.float64)
+        opt.step()
+    for i, (p, r) in enumerate(zip(params, ref)):
+        err = float(np.max(np.abs(p.detach().numpy() - r)))
+        assert err < 1e-12, f"{case}, tensor {i}: torch.optim.Adafactor float64 differs from the spec by {err:.3e}"
+
+
+def test_adafactor_optax_variant_is_optax_adafactor_with_x64() -> None:
+    """optax.adafactor with x64 is the min_size/add/param_scale/unscaled variant, up to its decay
+    rate computed from a float32 count even with x64 (optax/_src/factorized.py:31): ~1e-11 here."""
+    jax = pytest.importorskip("jax")
+    import optax
+
+    variant = {"factored": "min_size", "epsilon": "add", "step_size": "param_scale", "decay": "unscaled"}
+    ref, hyper, inputs = _adafactor(variant, "knobs")
+    with jax.enable_x64(True):
+        import jax.numpy as jnp
+
+        tx = optax.adafactor(
+            hyper["lr"],
+            min_dim_size_to_factor=int(hyper["min_dim_size_to_factor"]),
+            decay_rate=hyper["decay_rate"],
+            eps=hyper["eps_g2"],
+            weight_decay_rate=hyper["weight_decay"],
+            clipping_threshold=hyper["d"],
+        )
+        params = [jnp.asarray(p) for p in inputs.params]
+        state = tx.init(params)
+        step = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(g, s, p)))
+        for t in range(inputs.steps):
+            params, state = step(params, state, [jnp.asarray(g[t]) for g in inputs.grads])
+        out = [np.asarray(p) for p in params]
+    for i, (p, r) in enumerate(zip(out, ref)):
+        err = float(np.max(np.abs(p - r)))
+        assert err < 1e-9, f"tensor {i}: optax.adafactor (x64) differs from its variant by {err:.3e}"
+
+
+def test_adafactor_has_no_cuda_kernel_and_says_why() -> None:
+    from optspec.impls.cuda.codegen import no_kernel_reason
+
+    reason = no_kernel_reason(LIBRARY.get("adafactor").resolve())
+    assert reason is not None and "row_mean" in reason, f"expected a reason naming row_mean, got {reason!r}"

@@ -360,7 +360,8 @@ def parse_equation(text: str) -> Equation:
 
 def _parse_loop(text: str, loop: re.Match[str]) -> Equation:
     """``repeat N: a = ...; b = ...``: N from 1 to MAX_REPEAT, a body of unlabelled equations."""
-    count = int(loop.group("count"))
+    digits = loop.group("count")
+    count = int(digits) if len(digits) <= 4 else MAX_REPEAT + 1  # int() of a huge digit string raises
     if not 1 <= count <= MAX_REPEAT:
         raise ExprError(
             f"repeat count {_short(loop.group('count'))} must be a whole number from 1 to {MAX_REPEAT}", loop.start("count") + 1
