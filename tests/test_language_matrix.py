@@ -103,7 +103,13 @@ def test_muon_has_no_cuda_kernel_and_says_why() -> None:
     from optspec.impls.cuda.codegen import no_kernel_reason
 
     reason = no_kernel_reason(LIBRARY.get("muon").resolve())
-    assert reason is not None and "matmul" in reason, f"expected a reason naming matmul, got {reason!r}"
+    assert reason is not None and "round_bf16()" in reason, (
+        f"default (bf16 NS): expected a reason naming round_bf16, got {reason!r}"
+    )
+    reason = no_kernel_reason(LIBRARY.get("muon").resolve({"ns_dtype": "param"}))
+    assert reason is not None and ("rows()" in reason or "matmul()" in reason), (
+        f"param NS: expected a shape reason, got {reason!r}"
+    )
     assert no_kernel_reason(LIBRARY.get("adam").resolve()) is None, "adam is elementwise and must keep its kernel"
 
 
