@@ -179,6 +179,7 @@ def _put(out: dict[str, Any], keyword: str, value: Any) -> None:
     if keyword.endswith("]"):
         name, index = keyword[:-1].split("[")
         slots = out.setdefault(name, [None, None])
+        slots.extend([None] * (int(index) + 1 - len(slots)))  # three-element tuples (Muon's NS coefficients)
         slots[int(index)] = value
     else:
         out[keyword] = value

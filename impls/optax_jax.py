@@ -338,6 +338,62 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "fromage": fromage,
 }
 
+
+def muon(
+    learning_rate: Schedule,
+    beta: float,
+    eps: float,
+    weight_decay: float,
+    ns_coeffs: tuple[float, float, float],
+    nesterov: bool,
+    consistent_rms: float | None,
+) -> Any:
+    """optax.contrib.muon, a factory (optax/contrib/_muon.py:519-727); the cases' tensors are all 2-D, so all go to Muon."""
+    import optax.contrib
+
+    return optax.contrib.muon(
+        learning_rate,
+        ns_coeffs=tuple(ns_coeffs),
+        beta=beta,
+        eps=eps,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        consistent_rms=consistent_rms,
+    )
+
+
+FACTORIES["muon"] = muon
+
+
+def adafactor(
+    learning_rate: Schedule,
+    min_dim_size_to_factor: int,
+    decay_rate: float,
+    multiply_by_parameter_scale: bool,
+    clipping_threshold: float | None,
+    momentum: float | None,
+    weight_decay_rate: float,
+    eps: float,
+    factored: bool,
+) -> Any:
+    """optax.adafactor (optax/_src/alias.py:224-326)."""
+    import optax
+
+    return optax.adafactor(
+        learning_rate,
+        min_dim_size_to_factor=int(min_dim_size_to_factor),
+        decay_rate=decay_rate,
+        multiply_by_parameter_scale=multiply_by_parameter_scale,
+        clipping_threshold=clipping_threshold,
+        momentum=momentum,
+        weight_decay_rate=weight_decay_rate,
+        eps=eps,
+        factored=factored,
+    )
+
+
+FACTORIES["adafactor"] = adafactor
+
 _NO_MAXIMIZE = {"off": Support()}
 
 # Which optax releases have each keyword (the oldest supported release is optax 0.2.0), from the
@@ -829,3 +885,52 @@ def _register_composites() -> None:
 
 
 _register_composites()
+
+BINDINGS["muon"] = Binding(
+    rule="muon",
+    target="optax.contrib.muon",
+    hyper={
+        "momentum": "beta",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "ns_a": "ns_coeffs[0]",
+        "ns_b": "ns_coeffs[1]",
+        "ns_c": "ns_coeffs[2]",
+    },
+    variants={
+        # optax/contrib/_muon.py:346 (parameter dtype), :340 (+ eps), :488-497 (bias-corrected momentum)
+        "ns_dtype": {"param": Support()},
+        "normalise": {"add": Support()},
+        "nesterov": {"on": Support({"nesterov": True}), "off": Support({"nesterov": False})},
+        "bias_correction": {"on": Support()},
+        # :145 sqrt(max(1, fan_out / fan_in)) without consistent_rms, :156 with it
+        "lr_scale": {
+            "cols_over_rows": Support({"consistent_rms": None}),
+            "match_rms": Support({"consistent_rms": "$consistent_rms"}),
+        },
+    },
+    # MuonState.mu lives inside combine.partition's dict of inner states, which the state
+    # finder does not enter: parameters are compared, state is not.
+    state={},
+)
+
+_ADAFACTOR_SCALE = Requirement("eps2 == 0.001", "optax's parameter scale floor is fixed at 1e-3 (transform.py:557-560)")
+
+BINDINGS["adafactor"] = Binding(
+    rule="adafactor",
+    target="optax.adafactor",
+    hyper={"decay_rate": "decay_rate", "eps_g2": "eps", "min_dim_size_to_factor": "min_dim_size_to_factor"},
+    variants={
+        # optax/_src/factorized.py:52-57 (factor when the second-largest dim >= min_dim_size_to_factor)
+        "factored": {"min_size": Support({"factored": True}), "never": Support({"factored": False})},
+        "epsilon": {"add": Support()},  # factorized.py:180, :199
+        "step_size": {
+            "param_scale": Support({"multiply_by_parameter_scale": True}, (_ADAFACTOR_SCALE,)),
+            "plain": Support({"multiply_by_parameter_scale": False}),
+        },
+        "clipping": {"on": Support({"clipping_threshold": "$d"}), "off": Support({"clipping_threshold": None})},
+        "momentum": {"off": Support({"momentum": None}), "ema": Support({"momentum": "$momentum"})},
+        "decay": {"unscaled": Support({"weight_decay_rate": "$weight_decay"})},  # alias.py:320-325
+    },
+    state={},
+)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -352,6 +353,24 @@ def _numpy(tensor: Any) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
 
 
+def path_keywords(optimizer_class: Any, path: str) -> dict[str, bool] | None:
+    """The keywords that select ``path`` on ``optimizer_class``, or None when the class has no such path.
+
+    A keyword the class does not take is dropped when it asks for the default (``foreach=False``
+    on a class with one code path, such as torch.optim.Muon: torch/optim/_muon.py:88-99 takes no
+    foreach) and means the path does not exist when it asks for more (``differentiable=True`` on
+    Muon or Adafactor, which take no ``differentiable``).
+    """
+    accepted = inspect.signature(optimizer_class.__init__).parameters
+    keywords: dict[str, bool] = {}
+    for keyword, value in PATHS[path][0].items():
+        if keyword in accepted:
+            keywords[keyword] = value
+        elif value:
+            return None
+    return keywords
+
+
 class TorchOptim:
     """One torch.optim code path (a key of :data:`PATHS`) on one device.
 
@@ -386,12 +405,23 @@ class TorchOptim:
         rules = PATHS[self.path][1]
         if rules is not None and rule not in rules:
             return None
-        return BINDINGS.get(rule)
+        binding = BINDINGS.get(rule)
+        if binding is None or torch_unavailable() is not None:
+            return binding
+        try:
+            optimizer_class = resolve_target(binding.target)
+        except AttributeError:  # a class the installed torch does not have yet (torch.optim.Muon before 2.9)
+            return None
+        if path_keywords(optimizer_class, self.path) is None:
+            return None
+        return binding
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
         assert plan.binding is not None
         per_group = self.path in GROUP_OPTION_PATHS
-        kwargs = {**({} if per_group else plan.kwargs), **PATHS[self.path][0]}
+        optimizer_class = resolve_target(plan.binding.target)
+        selected = path_keywords(optimizer_class, self.path) or {}
+        kwargs = {**({} if per_group else plan.kwargs), **selected}
         return run_torch_optimizer(
             resolve_target(plan.binding.target),
             kwargs,
@@ -425,3 +455,55 @@ def capturable_refused(device: str) -> str | None:
 
 
 IMPLEMENTATIONS = tuple(TorchOptim(path) for path in PATHS)
+
+_MUON_RMS = Requirement(
+    "consistent_rms == 0.2", "torch.optim.Muon's match_rms_adamw factor is fixed at 0.2 (torch/optim/_muon.py:81)"
+)
+
+BINDINGS["muon"] = Binding(
+    rule="muon",
+    target="torch.optim.Muon",
+    hyper={
+        "lr": "lr",
+        "momentum": "momentum",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "ns_a": "ns_coefficients[0]",
+        "ns_b": "ns_coefficients[1]",
+        "ns_c": "ns_coefficients[2]",
+    },
+    variants={
+        # torch/optim/_muon.py:55 (bfloat16), :59 (clamp), :333-334 (lerp buffer and Nesterov, no correction)
+        "ns_dtype": {"bfloat16": _DEFAULT_ONLY},
+        "normalise": {"clamp": _DEFAULT_ONLY},
+        "nesterov": {"on": Support({"nesterov": True}), "off": Support({"nesterov": False})},
+        "bias_correction": {"off": _DEFAULT_ONLY},
+        # :77-84: None / "original" is sqrt(max(1, A / B)), "match_rms_adamw" 0.2 sqrt(max(A, B))
+        "lr_scale": {
+            "rows_over_cols": Support({"adjust_lr_fn": None}),
+            "match_rms": Support({"adjust_lr_fn": "match_rms_adamw"}, (_MUON_RMS,)),
+        },
+    },
+    state={"b": Slot("momentum_buffer")},
+)
+
+BINDINGS["adafactor"] = Binding(
+    rule="adafactor",
+    target="torch.optim.Adafactor",
+    hyper={"lr": "lr", "eps1": "eps[0]", "eps2": "eps[1]", "d": "d", "weight_decay": "weight_decay"},
+    variants={
+        # torch/optim/_adafactor.py:387 (factor every ndim > 1), :403/:413 (clamps), :380-381 (relative step),
+        # :415 (clipping always), :384-385 (decay times lr)
+        "factored": {"always": _DEFAULT_ONLY},
+        "epsilon": {"clamp": _DEFAULT_ONLY},
+        "step_size": {"relative": _DEFAULT_ONLY},
+        "clipping": {"on": _DEFAULT_ONLY},
+        "momentum": {"off": _DEFAULT_ONLY},
+        "decay": {"lr": _DEFAULT_ONLY},
+    },
+    state={"v": Slot("variance")},
+    requires=(
+        Requirement("decay_rate == 0.8", "torch's beta2_decay is left at its default -0.8 (_adafactor.py:28)"),
+        Requirement("d >= 1", "torch.optim.Adafactor rejects d < 1 (_adafactor.py:46-47)"),
+    ),
+)

@@ -102,9 +102,18 @@ def test_budgets_never_shrink_with_the_step_count() -> None:
 def test_float64_budget_is_near_machine_precision() -> None:
     """The float64 budget is measured in binary64 (Monte Carlo arithmetic against a longdouble
     evaluation): it stays within a few thousand ulps of the scale, far below any binary32 error."""
+    from optspec.expr import ROUNDING_FUNCTIONS, Call, walk
+
     for spec in LIBRARY.all():
         golden = read_golden(GOLDEN / f"{spec.name}.json", spec)
         for test in golden.tests:
+            rule = spec.resolve(test.variant)
+            if any(
+                isinstance(n, Call) and n.func in ROUNDING_FUNCTIONS for loc in rule.equations for n in walk(loc.equation.expr)
+            ):
+                # An explicit round_bf16 (torch Muon's bfloat16 Newton-Schulz) is bfloat16 arithmetic
+                # with a binary32 accumulator at any parameter dtype: its float64 budget is not binary64's.
+                continue
             last = max(test.steps)
             for index, slots in enumerate(test.expected[last]):
                 scale = float(np.max(np.abs(slots["theta"])))

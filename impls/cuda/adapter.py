@@ -33,7 +33,7 @@ import numpy as np
 from optspec.errors import AdapterError, OptspecError
 from optspec.impls.base import Binding, Plan, Slot, Support
 from optspec.impls.cuda import build
-from optspec.impls.cuda.codegen import GeneratedKernel, generate
+from optspec.impls.cuda.codegen import GeneratedKernel, generate, no_kernel_reason
 from optspec.impls.cuda.driver import CudaBackend, HostBackend, KernelLibrary, MultiTensorRunner
 from optspec.reference import CaseInputs, Trajectory
 from optspec.spec import SpecLibrary
@@ -153,6 +153,8 @@ class GeneratedCuda:
         if rule not in self.specs.names:
             return None
         spec = self.specs.get(rule)
+        if no_kernel_reason(spec.resolve()) is not None:
+            return None  # not elementwise (Muon, Adafactor): see codegen.no_kernel_reason
         return Binding(
             rule=rule,
             target=f"generated kernel ({self.backend})",

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from optspec.errors import AdapterError, OptspecError
-from optspec.impls.cuda.codegen import GeneratedKernel, generate, translation_unit
+from optspec.impls.cuda.codegen import GeneratedKernel, generate, no_kernel_reason, translation_unit
 from optspec.spec import Spec, SpecLibrary
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -80,6 +80,8 @@ def rule_kernels(spec: Spec, all_variants: bool = False) -> list[GeneratedKernel
     combos = spec.all_combos() if all_variants else spec.golden_combos()
     kernels: dict[str, GeneratedKernel] = {}
     for combo in combos:
+        if no_kernel_reason(spec.resolve(combo)) is not None:
+            continue  # stated by main() and the adapter
         kernel = generate(spec.resolve(combo))
         kernels.setdefault(kernel.cname, kernel)
     return list(kernels.values())
@@ -193,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         everything: list[GeneratedKernel] = []
         names = args.rules or library.names
         for name in names:
+            reason = no_kernel_reason(library.get(name).resolve())
+            if reason is not None:
+                print(f"no kernel: {reason}")
+                continue
             kernels = rule_kernels(library.get(name), args.all_variants)
             everything += kernels
             per_rule.append((name, write_source(name, kernels), len(kernels)))

@@ -47,8 +47,49 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from optspec.errors import OptspecError
-from optspec.expr import REDUCTIONS, Binary, Call, Expr, Name, Num, Unary
+from optspec.expr import (
+    AXIS_REDUCTIONS,
+    MATRIX_FUNCTIONS,
+    REDUCTIONS,
+    ROUNDING_FUNCTIONS,
+    SHAPE_QUERIES,
+    Binary,
+    Call,
+    Expr,
+    Name,
+    Num,
+    Unary,
+    walk,
+)
 from optspec.spec import ResolvedRule
+
+#: Why a construct has no kernel: the generator emits elementwise chunk loops with per-tensor
+#: reductions, so anything that needs a tensor's shape is out of its reach.
+_NO_KERNEL = {
+    **{
+        f: "a matrix product or transpose couples whole rows and columns (not an elementwise chunk loop)"
+        for f in MATRIX_FUNCTIONS
+    },
+    **{
+        f: "a keepdims axis mean is a per-row or per-column reduction (the kernels reduce per tensor only)"
+        for f in AXIS_REDUCTIONS
+    },
+    **{f: "a shape query needs the tensor's shape (the kernels see a flat element range)" for f in SHAPE_QUERIES},
+    **{f: "explicit bfloat16 rounding has no C++ translation yet" for f in ROUNDING_FUNCTIONS},
+}
+
+
+def no_kernel_reason(rule: ResolvedRule) -> str | None:
+    """Why this resolved rule gets no generated kernel (None when it gets one): the first
+    construct of its step or initialisers that the elementwise generator cannot express."""
+    exprs = [(loc.where, loc.equation.expr) for loc in rule.equations]
+    exprs += [(f"state {name!r} init", slot.init) for name, slot in rule.state.items() if slot.init is not None]
+    for where, expr in exprs:
+        for node in walk(expr):
+            if isinstance(node, Call) and node.func in _NO_KERNEL:
+                return f"rule {rule.spec.name!r}: {node.func}() in {where}: {_NO_KERNEL[node.func]}"
+    return None
+
 
 CONST, HOST, PER_TENSOR, ELEMENT = 0, 1, 2, 3
 CATEGORY_NAMES = {CONST: "const", HOST: "host", PER_TENSOR: "per-tensor", ELEMENT: "element"}

@@ -50,11 +50,49 @@ def small_scale(hyper: Mapping[str, float]) -> float:
     return 3.0 * eps if eps > 0 else 1e-4
 
 
+def shapes_of(spec: Spec) -> tuple[tuple[int, ...], ...]:
+    """The tensor shapes of every case of ``spec``: its own ``shapes``, else :data:`SHAPES`."""
+    return spec.shapes if spec.shapes is not None else SHAPES
+
+
+def _own_shapes(
+    spec: Spec, case: CaseSpec, rng: np.random.Generator, small: float
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Parameters and gradients for a spec's own shapes: tensor i gets the gradient profile
+    of standard tensor i mod 5 (N(0, 1); near epsilon; falling; a consistent direction; mixed scales)."""
+    steps = case.steps
+    shapes = shapes_of(spec)
+    params = [_f32(rng.standard_normal(shape)) for shape in shapes]
+    params = [np.zeros_like(p) if i in case.zero_params else p for i, p in enumerate(params)]
+    if case.grads == "zero":
+        return tuple(params), tuple(np.zeros((steps, *shape)) for shape in shapes)
+    fall = np.where(np.arange(1, steps + 1) <= max(1, steps // 5), 1.0, 0.05).reshape(steps, *(1,) * 3)
+    grads = []
+    for i, shape in enumerate(shapes):
+        noise = rng.standard_normal((steps, *shape))
+        profile = i % 5
+        if profile == 1:
+            noise = noise * small
+        elif profile == 2:
+            noise = noise * fall.reshape(steps, *(1,) * len(shape))
+        elif profile == 3:
+            noise = 0.5 + noise
+        elif profile == 4:
+            noise = noise * 10.0 ** rng.uniform(np.log10(small), 0.0, size=shape)
+        grads.append(_f32(noise))
+    return tuple(params), tuple(grads)
+
+
 def make_inputs(spec: Spec, case: CaseSpec) -> CaseInputs:
     """The inputs of one case; the seed depends only on the rule and case names."""
     hyper = spec.hyper_values(case.hyper)
     rng = np.random.default_rng(zlib.crc32(f"{spec.name}/{case.id}".encode()))
     steps = case.steps
+    if spec.shapes is not None:
+        params, grads = _own_shapes(spec, case, rng, small_scale(hyper))
+        if case.schedule is not None:
+            return CaseInputs(params, grads, schedule_multipliers(case.schedule, steps), case.schedule)
+        return CaseInputs(params, grads, evaluate_lr_multipliers(case.lr_multiplier, steps))
     params = tuple(_f32(rng.standard_normal(shape)) for shape in SHAPES)
     if case.zero_params:
         params = tuple(np.zeros_like(p) if i in case.zero_params else p for i, p in enumerate(params))

@@ -12,9 +12,25 @@ function                        arity    meaning
 ``cos floor``                   1        elementwise (for schedules)
 ``min max``                     2        of two per-tensor *scalars*
 ``maximum minimum``             2        elementwise
-``norm sum mean max_abs``       1        per-tensor reductions: ``||x||_2``, ``sum x``,
-                                         ``mean x``, ``max |x|``; the result is a scalar
+``norm sum mean max_abs``       1        per-tensor reductions: ``||x||_2`` (the Frobenius
+                                         norm of a matrix), ``sum x``, ``mean x``,
+                                         ``max |x|``; the result is a scalar
+``matmul(a, b)``                2        matrix product of 2-D tensors, (r, n) (n, c) -> (r, c):
+                                         each element a dot product of n terms
+``transpose(x)``                1        a 2-D tensor's transpose (exact)
+``rows(x) cols(x)``             1        shape queries: the size of axis -2 (1 for ndim < 2)
+                                         and of the last axis (1 for a scalar); a scalar
+``row_mean(x) col_mean(x)``     1        means with keepdims: over the last axis (r, c) ->
+                                         (r, 1) and over axis -2 (r, c) -> (1, c); the
+                                         identity where that axis does not exist
+``round_bf16(x)``               1        round to the nearest bfloat16 (8-bit significand,
+                                         ties to even), kept in the evaluation's type
 ==============================  =======  ==================================================
+
+An equation ``[label:] repeat N: eq1; eq2; ...`` is a fixed-count loop: its body (plain
+equations without labels, separated by ``;``) runs N times in order; ``N`` is a literal whole
+number from 1 to :data:`MAX_REPEAT`. The spec layer unrolls it when it resolves a variant, so
+the evaluators only ever see plain equations; a variant replaces the loop as a whole by label.
 
 ``**`` binds tighter than unary minus and is right-associative, as in Python and in the
 papers (``-a**2 == -(a**2)``). Comparisons do not chain.
@@ -38,6 +54,14 @@ from optspec.errors import ExprError
 UNARY_FUNCTIONS = frozenset({"sqrt", "abs", "sign", "exp", "log", "cos", "floor"})
 #: Per-tensor reductions: tensor in, scalar out.
 REDUCTIONS = frozenset({"norm", "sum", "mean", "max_abs"})
+#: Functions of tensors whose shapes matter (matrices, axes); see the table above.
+MATRIX_FUNCTIONS = frozenset({"matmul", "transpose"})
+SHAPE_QUERIES = frozenset({"rows", "cols"})
+AXIS_REDUCTIONS = frozenset({"row_mean", "col_mean"})
+#: Explicit rounding to a narrower format, whatever the evaluation's precision.
+ROUNDING_FUNCTIONS = frozenset({"round_bf16"})
+#: Every function whose evaluation needs the tensor's shape (not only its elements).
+SHAPED_FUNCTIONS = MATRIX_FUNCTIONS | SHAPE_QUERIES | AXIS_REDUCTIONS
 #: Functions of two per-tensor scalars.
 SCALAR_BINARY_FUNCTIONS = frozenset({"min", "max"})
 #: Elementwise functions of two arguments.
@@ -45,7 +69,9 @@ ELEMENTWISE_BINARY_FUNCTIONS = frozenset({"maximum", "minimum"})
 
 FUNCTION_ARITY: dict[str, int] = {
     "where": 3,
-    **{name: 1 for name in UNARY_FUNCTIONS | REDUCTIONS},
+    "matmul": 2,
+    **{name: 1 for name in UNARY_FUNCTIONS | REDUCTIONS | SHAPE_QUERIES | AXIS_REDUCTIONS | ROUNDING_FUNCTIONS},
+    "transpose": 1,
     **{name: 2 for name in SCALAR_BINARY_FUNCTIONS | ELEMENTWISE_BINARY_FUNCTIONS},
 }
 
@@ -104,7 +130,12 @@ Expr = Num | Name | Unary | Binary | Call
 
 @dataclass(frozen=True)
 class Equation:
-    """``label: target = expr``; ``label`` is optional and only used by variant edits."""
+    """``label: target = expr``; ``label`` is optional and only used by variant edits.
+
+    A loop ``label: repeat N: body`` is an Equation too, with ``repeat = N``, the body's
+    equations in ``body``, an empty ``target`` and the loop's first body expression in
+    ``expr`` (so that code which only reads names still sees a real expression).
+    """
 
     label: str | None
     target: str
@@ -112,6 +143,9 @@ class Equation:
     text: str
     #: column (1-based, in ``text``) where the expression starts
     expr_column: int
+    #: N of ``repeat N:``; 0 for a plain equation
+    repeat: int = 0
+    body: tuple[Equation, ...] = ()
 
 
 _TOKEN = re.compile(
@@ -302,19 +336,61 @@ def parse_expr(text: str, offset: int = 0) -> Expr:
 
 
 _EQUATION = re.compile(r"^\s*(?:(?P<label>[A-Za-z_][A-Za-z_0-9]*)\s*:)?\s*(?P<target>[A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)", re.ASCII)
+_LOOP = re.compile(r"^\s*(?:(?P<label>[A-Za-z_][A-Za-z_0-9]*)\s*:)?\s*repeat\s+(?P<count>[0-9]+)\s*:", re.ASCII)
+_BODY_EQUATION = re.compile(r"^\s*(?P<target>[A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)", re.ASCII)
+#: The most iterations of one ``repeat`` loop (it is unrolled).
+MAX_REPEAT = 100
 
 
 def parse_equation(text: str) -> Equation:
-    """Parse ``[label:] target = expression``."""
+    """Parse ``[label:] target = expression`` or a loop ``[label:] repeat N: eq; eq; ...``."""
     if not isinstance(text, str):
         raise ExprError(f"an equation must be a string, not {type(text).__name__}", 1)
+    loop = _LOOP.match(text)
+    if loop is not None:
+        return _parse_loop(text, loop)
     match = _EQUATION.match(text)
     if match is None:
-        raise ExprError("an equation has the form '[label:] name = expression'", 1)
+        raise ExprError("an equation has the form '[label:] name = expression' or '[label:] repeat N: name = expression; ...'", 1)
     if match.group("target") in FUNCTION_ARITY:
         raise ExprError(f"cannot assign to the function name {match.group('target')!r}", match.start("target") + 1)
     expr = parse_expr(text[match.end() :], offset=match.end())
     return Equation(match.group("label"), match.group("target"), expr, text, match.end() + 1)
+
+
+def _parse_loop(text: str, loop: re.Match[str]) -> Equation:
+    """``repeat N: a = ...; b = ...``: N from 1 to MAX_REPEAT, a body of unlabelled equations."""
+    digits = loop.group("count")
+    count = int(digits) if len(digits) <= 4 else MAX_REPEAT + 1  # int() of a huge digit string raises
+    if not 1 <= count <= MAX_REPEAT:
+        raise ExprError(
+            f"repeat count {_short(loop.group('count'))} must be a whole number from 1 to {MAX_REPEAT}", loop.start("count") + 1
+        )
+    body: list[Equation] = []
+    start = loop.end()
+    for piece in text[loop.end() :].split(";"):
+        match = _BODY_EQUATION.match(piece)
+        if match is None:
+            if not piece.strip() and body:
+                start += len(piece) + 1
+                continue  # a trailing ';'
+            raise ExprError(
+                "a loop body is equations 'name = expression' separated by ';' (no labels, no nested loops)", start + 1
+            )
+        if match.group("target") in FUNCTION_ARITY:
+            raise ExprError(f"cannot assign to the function name {match.group('target')!r}", start + match.start("target") + 1)
+        offset = start + match.end()
+        expr = parse_expr(piece[match.end() :], offset=offset)
+        body.append(Equation(None, match.group("target"), expr, piece.strip(), offset + 1))
+        start += len(piece) + 1
+    return Equation(loop.group("label"), "", body[0].expr, text, body[0].expr_column, count, tuple(body))
+
+
+def unroll(equation: Equation) -> list[tuple[int, Equation]]:
+    """A plain equation as itself (iteration 0); a loop as its body N times, (iteration, equation)."""
+    if not equation.repeat:
+        return [(0, equation)]
+    return [(i, eq) for i in range(1, equation.repeat + 1) for eq in equation.body]
 
 
 def children(expr: Expr) -> tuple[Expr, ...]:

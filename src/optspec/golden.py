@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from optspec import __version__
-from optspec.cases import SHAPES, make_inputs, recorded_steps
+from optspec.cases import make_inputs, recorded_steps, shapes_of
 from optspec.declarations import quoted, shorten
 from optspec.errors import GoldenError
 
@@ -246,7 +246,7 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
     for test in golden.tests:
         if test.inputs_id not in inputs:
             inputs[test.inputs_id] = {
-                "shapes": [list(s) for s in SHAPES],
+                "shapes": [list(s) for s in shapes_of(spec)],
                 "steps": test.inputs.steps,
                 "params": [encode_array(p) for p in test.inputs.params],
                 "grads": [encode_array(g) for g in test.inputs.grads],
@@ -258,7 +258,7 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
             {
                 "variant": dict(test.variant),
                 "hyper": dict(test.hyper),
-                "shapes": [list(s) for s in SHAPES],
+                "shapes": [list(s) for s in shapes_of(spec)],
                 "lrMultiplier": test.lr_multiplier,
                 "slots": list(test.slots),
                 "tests": [],

@@ -37,6 +37,24 @@ tensor). Negation, ``abs sign floor min max maximum minimum``, comparisons and `
 are exact and are never perturbed. Inputs (parameters, gradients, hyperparameters) are
 exact: golden inputs are binary32 values.
 
+Matrix constructs (:data:`optspec.expr.SHAPED_FUNCTIONS`) need each tensor's shape, so a rule
+that uses them is run tensor by tensor, values shaped (members, *shape) instead of side by side
+on one flat axis (:class:`ShapedLayout`). Their sites: each element of ``matmul(a, b)`` is a dot
+product of n terms, modelled as the textbook sequence of roundings (Higham, *Accuracy and
+Stability of Numerical Algorithms*, 2nd ed., section 3.1): every product a_ik b_kj is one site
+and every partial sum s_k = s_{k-1} + a_ik b_kj another, in the tensor format; a blocked, fused
+or pairwise BLAS kernel rounds fewer times, so this ensemble spreads at least as far as theirs.
+A product of two bfloat16 values is exact in binary32 and so is not perturbed, by the rule
+above. ``row_mean`` and ``col_mean`` are reductions over n elements (one site of weight
+1 + log2 n); ``transpose``, ``rows`` and ``cols`` are exact. ``round_bf16(x)`` is no random
+site: every member's value is rounded to the nearest bfloat16 deterministically, as the
+implementation does, so a member whose earlier roundings moved a value across a bfloat16
+rounding boundary lands one bfloat16 ulp away from member 0, exactly as an implementation with
+another accumulation order does. Every site inside round_bf16's argument rounds to a format
+no wider than binary32 (torch's bfloat16 matmul, addmm and norm accumulate in binary32 even
+when the parameters are binary64), so the float64 profile of a bfloat16 Newton-Schulz gets
+the spread a binary32 accumulator causes.
+
 Each member of an ensemble may have its own unit roundoffs, so that one pass evaluates
 several profiles (the torch-like ``float32`` and JAX-like ``float32_scalar32`` members
 share a binary64 carrier). The ensemble is seeded: the same rule, case and seed give the
@@ -52,12 +70,33 @@ from typing import Any
 
 import numpy as np
 
-from optspec.expr import REDUCTIONS, Binary, Call, Expr, Name, Num, Unary
-from optspec.reference import _BINARY, _ELEMENTWISE, CaseInputs, _init_order
+from optspec.expr import (
+    AXIS_REDUCTIONS,
+    REDUCTIONS,
+    ROUNDING_FUNCTIONS,
+    SHAPE_QUERIES,
+    SHAPED_FUNCTIONS,
+    Binary,
+    Call,
+    Expr,
+    Name,
+    Num,
+    Unary,
+    walk,
+)
+from optspec.reference import (
+    _BINARY,
+    _ELEMENTWISE,
+    SHAPE_QUERY_FUNCTIONS,
+    SHAPED_TENSOR_FUNCTIONS,
+    CaseInputs,
+    _init_order,
+    round_bf16,
+)
 from optspec.spec import ResolvedRule
 
 #: Functions whose result is exact (no rounding site).
-EXACT_FUNCTIONS = frozenset({"abs", "sign", "floor", "min", "max", "maximum", "minimum"})
+EXACT_FUNCTIONS = frozenset({"abs", "sign", "floor", "min", "max", "maximum", "minimum", "transpose"})
 #: Binary operators that round (comparisons do not).
 ROUNDING_OPERATORS = frozenset({"+", "-", "*", "/", "**"})
 
@@ -198,6 +237,53 @@ class Layout:
         return out
 
 
+@dataclass(frozen=True)
+class ShapedLayout:
+    """One tensor of shape ``shape``, values shaped (members, *shape): what matrix constructs need.
+
+    A tensor-valued quantity is (members, *its own shape) (a Gram matrix may differ from the
+    parameter's shape); a per-tensor scalar is (members, 1, ..., 1) with one axis per axis of
+    the parameter, so that it broadcasts over the parameter's elements.
+    """
+
+    shape: tuple[int, ...]
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return (self.shape,)
+
+    @property
+    def count(self) -> int:
+        return 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([math.prod(self.shape)], dtype=np.int64)
+
+    def scalar_shape(self, members: int) -> tuple[int, ...]:
+        return (members, *(1,) * len(self.shape))
+
+    def expand(self, x: Any) -> Any:
+        return x
+
+    def member_shape(self, x: np.ndarray, members: int) -> tuple[int, ...]:
+        """The shape a value takes with the member axis: member-leading values keep theirs."""
+        return (members, *x.shape[1:]) if x.ndim >= 1 else self.scalar_shape(members)
+
+    def reduce(self, func: str, x: np.ndarray) -> np.ndarray:
+        """A reduction over every axis but the member axis, shaped like a per-tensor scalar."""
+        flat = x.reshape(x.shape[0], -1)
+        if func == "norm":
+            out = np.sqrt(np.sum(np.square(flat), axis=1))
+        elif func == "sum":
+            out = np.sum(flat, axis=1)
+        elif func == "mean":
+            out = np.mean(flat, axis=1) if flat.shape[1] else np.full(flat.shape[0], np.nan, dtype=x.dtype)
+        else:  # max_abs
+            out = np.max(np.abs(flat), axis=1) if flat.shape[1] else np.zeros(flat.shape[0], dtype=x.dtype)
+        return out.reshape(self.scalar_shape(x.shape[0]))
+
+
 class _Perturb:
     """Rounds a value at a site for every member: equation (1) of the module docstring.
 
@@ -222,6 +308,19 @@ class _Perturb:
         self._constants: dict[int, np.ndarray] = {}
         self.buffer = np.empty(0, dtype=self.carrier)
         self.offset = 0
+        #: set for a tensor-by-tensor run (matrix constructs): values keep their shapes
+        self.shaped: ShapedLayout | None = None
+        #: > 0 while evaluating the argument of round_bf16: formats no wider than binary32
+        self.bf16_depth = 0
+        self.bf16_formats = {
+            kind: [
+                (np.float32, rows, UNIT["float32"]) if unit_roundoff < UNIT["float32"] else (fmt, rows, unit_roundoff)
+                for fmt, rows, unit_roundoff in [
+                    (numpy_format(f), r, UNIT[f]) for f, r in ensemble.rows(kind) if max(UNIT[f], UNIT["float32"]) > carrier_unit
+                ]
+            ]
+            for kind in ("tensor", "scalar", "const")
+        }
 
     def _constant(self, site: int) -> np.ndarray:
         """The site's fixed xi, shape (members, 1), for systematic members."""
@@ -240,16 +339,24 @@ class _Perturb:
 
     def __call__(self, value: Any, unit: str, site: int, fixed: bool, weight: Any = 1.0) -> Any:
         """Round ``value`` to each member's format for the ``unit`` category; ``fixed``: the
-        value is a per-tensor scalar or constant, so systematic members use the site's xi."""
+        value is a per-tensor scalar or constant, so systematic members use the site's xi.
+        Inside the argument of ``round_bf16`` (``self.bf16_depth > 0``) no format is wider than
+        binary32: a bfloat16 operation accumulates in binary32 whatever the parameter's dtype."""
         entries = self.formats[unit]
+        if self.bf16_depth:
+            entries = self.bf16_formats[unit]
         if not entries:
             return value
         x = np.asarray(value, dtype=self.carrier)
-        shape = (self.size, x.shape[1]) if x.ndim == 2 else (self.size, 1)
+        if self.shaped is not None:
+            shape = self.shaped.member_shape(x, self.size)
+        else:
+            shape = (self.size, x.shape[1]) if x.ndim == 2 else (self.size, 1)
         out = x.copy() if x.shape == shape else np.array(np.broadcast_to(x, shape))
         xi = self._uniform(shape)
         if fixed:
-            xi = np.where(self.systematic, self._constant(site), xi)
+            lead = (self.size, *(1,) * (xi.ndim - 1))
+            xi = np.where(self.systematic.reshape(lead), self._constant(site).reshape(lead), xi)
         for fmt, rows, unit_roundoff in entries:
             part = out[rows]
             part *= 1 + (unit_roundoff * weight) * xi[rows] * (part.astype(fmt) != part)
@@ -297,9 +404,13 @@ class _EnsembleCompiler:
         assert isinstance(expr, Call)
         if expr.func in REDUCTIONS:
             return self._reduce(expr)
+        if expr.func in SHAPED_FUNCTIONS or expr.func in ROUNDING_FUNCTIONS:
+            return self._shaped(expr)
         if expr.func == "where":
             cond, cond_kind = self.compile(expr.args[0])
             (a, b), kind = self._operands(expr.args[1:])
+            if kind == "tensor" and cond_kind != "tensor" and isinstance(self.layout, ShapedLayout):
+                return (lambda env: _select(cond(env), a, b, env)), kind
             if kind == "tensor" and cond_kind != "tensor":
                 expand, scalar_cond = self.layout.expand, cond
                 cond = lambda env: expand(scalar_cond(env))  # noqa: E731
@@ -328,6 +439,58 @@ class _EnsembleCompiler:
             return lambda env: expand(perturb(fn(env), to, site, True))
         return lambda env: perturb(fn(env), to, site, True)
 
+    def _shaped(self, expr: Call) -> tuple[Fn, str]:
+        """Matrix constructs, axis means, shape queries and explicit rounding (module docstring)."""
+        func = expr.func
+        if func in ROUNDING_FUNCTIONS:
+            arg, kind = self.compile(expr.args[0])
+            perturb, carrier = self.perturb, self.carrier
+
+            def rounded(env: Env) -> Any:
+                perturb.bf16_depth += 1
+                try:
+                    value = arg(env)
+                finally:
+                    perturb.bf16_depth -= 1
+                return round_bf16(np.asarray(value, dtype=carrier))
+
+            return rounded, kind
+        if func in SHAPE_QUERIES:
+            arg, _ = self.compile(expr.args[0])
+            query, carrier = SHAPE_QUERY_FUNCTIONS[func], self.carrier
+            # the operand's own axes, without the member axis in front
+            return (lambda env: carrier(query(np.empty(np.shape(arg(env))[1:])))), "scalar"
+        fns, _ = self._operands(list(expr.args))
+        perturb, site = self.perturb, self._site()
+        if func == "transpose":
+            (x,) = fns
+            return (lambda env: np.swapaxes(x(env), -1, -2) if np.ndim(x(env)) >= 3 else x(env)), "tensor"
+        if func in AXIS_REDUCTIONS:
+            (x,) = fns
+            mean = SHAPED_TENSOR_FUNCTIONS[func]
+            axis = -1 if func == "row_mean" else -2
+
+            def axis_mean(env: Env) -> Any:
+                value = np.asarray(x(env))
+                if value.ndim < (2 if func == "row_mean" else 3):
+                    return value  # the axis does not exist: the identity, as in the reference
+                n = value.shape[axis]
+                return perturb(mean(value), "tensor", site, False, 1.0 + math.log2(max(n, 1)))
+
+            return axis_mean, "tensor"
+        a, b = fns
+
+        def matmul(env: Env) -> Any:
+            left, right = np.asarray(a(env)), np.asarray(b(env))
+            # products (members, r, n, c): one site each, then the running sums over k
+            products = perturb(left[..., :, :, None] * right[..., None, :, :], "tensor", site, False)
+            total = products[..., :, 0, :]
+            for k in range(1, products.shape[-2]):
+                total = perturb(total + products[..., :, k, :], "tensor", site, False)
+            return total
+
+        return matmul, "tensor"
+
     def _reduce(self, expr: Call) -> tuple[Fn, str]:
         arg, kind = self.compile(expr.args[0])
         func, layout, site, perturb = expr.func, self.layout, self._site(), self.perturb
@@ -337,12 +500,34 @@ class _EnsembleCompiler:
             return exact, "scalar"
         # A pairwise sum of n terms is bounded by (1 + log2 n) roundings of the result.
         weight = (1.0 + np.log2(np.maximum(layout.sizes, 1))).astype(self.carrier)[None, :]
+        shaped = isinstance(layout, ShapedLayout)
 
         def reduce(env: Env) -> Any:
-            value = layout.reduce(func, np.asarray(arg(env)))
-            return value if func == "max_abs" else perturb(value, "tensor", site, False, weight)
+            x = np.asarray(arg(env))
+            value = layout.reduce(func, x)
+            if func == "max_abs":
+                return value
+            # a shaped value may be another shape than the parameter (a Gram matrix): its own n
+            own = 1.0 + math.log2(max(math.prod(x.shape[1:]), 1)) if shaped else weight
+            return perturb(value, "tensor", site, False, own)
 
         return reduce, "scalar"
+
+
+def _select(cond: Any, a: Fn, b: Fn, env: Env) -> Any:
+    """``where`` with a per-tensor condition in a shaped run: the whole branch the members agree
+    on (only that one is evaluated: branches may differ in shape), else element by element."""
+    c = np.asarray(cond)
+    first = bool(c.reshape(-1)[0]) if c.size else False
+    if c.ndim == 0 or bool(np.all(c == first)):
+        return a(env) if first else b(env)
+    return np.where(c, a(env), b(env))
+
+
+def uses_shapes(rule: ResolvedRule) -> bool:
+    """Whether any equation or initialiser uses a construct that needs tensor shapes."""
+    exprs = [loc.equation.expr for loc in rule.equations] + [s.init for s in rule.state.values() if s.init is not None]
+    return any(isinstance(node, Call) and node.func in SHAPED_FUNCTIONS for expr in exprs for node in walk(expr))
 
 
 #: spread[step][tensor][slot][profile] = max over that profile's members of max_i |x - x_0|
@@ -361,6 +546,8 @@ def run_ensemble(
 
     rng = np.random.default_rng([ensemble.seed, zlib.crc32(seed_text.encode())])
     perturb = _Perturb(ensemble, rng)
+    if uses_shapes(rule):
+        return _run_shaped(rule, hyper, inputs, ensemble, perturb)
     carrier, size = ensemble.carrier, ensemble.size
     layout = Layout.of([np.shape(p) for p in inputs.params])
     steps, inits = _compile(rule, frozenset(rule.spec.hyper), perturb, layout)
@@ -455,3 +642,77 @@ def _compile(
             flow[target] = kind
         steps.append((target, fn))
     return steps, inits
+
+
+def _run_shaped(
+    rule: ResolvedRule, hyper: Mapping[str, float], inputs: CaseInputs, ensemble: Ensemble, perturb: _Perturb
+) -> tuple[Spread, dict[int, list[dict[str, np.ndarray]]]]:
+    """:func:`run_ensemble` tensor by tensor, values shaped (members, *shape) (matrix constructs)."""
+    carrier, size = ensemble.carrier, ensemble.size
+    slices = ensemble.slices()
+    kinds = {name: slot.kind for name, slot in rule.state.items()}
+    hyper_values = {name: carrier(np.float64(value)) for name, value in hyper.items()}
+    base_lr = carrier(hyper["lr"])
+    total = sum(int(np.size(p)) for p in inputs.params)
+    all_elements = 1.0 + math.log2(max(total, 1))
+    spread: Spread = {t: [] for t in range(1, inputs.steps + 1)}
+    exact: dict[int, list[dict[str, np.ndarray]]] = {t: [] for t in range(1, inputs.steps + 1)}
+    with np.errstate(all="ignore"):
+        squares = [
+            np.sum(np.square(np.concatenate([np.asarray(g[t], dtype=carrier).reshape(-1) for g in inputs.grads])))
+            for t in range(inputs.steps)
+        ]
+        for param, grads in zip(inputs.params, inputs.grads):
+            shape = tuple(np.shape(param))
+            layout = ShapedLayout(shape)
+            perturb.shaped = layout
+            steps, inits = _compile(rule, frozenset(rule.spec.hyper), perturb, layout)  # type: ignore[arg-type]
+            theta = np.broadcast_to(np.asarray(param, dtype=carrier), (size, *shape)).copy()
+            env: Env = {**hyper_values, "theta": theta}
+            state: dict[str, Any] = {}
+            for name, fn in inits:
+                value = _shaped_slot(fn(env), kinds[name], layout, size, carrier)
+                env[name] = value
+                state[name] = value
+            ndim = carrier(len(shape))
+            for t in range(1, inputs.steps + 1):
+                multiplier = carrier(inputs.lr_multipliers[t - 1])
+                global_norm = perturb(np.sqrt(squares[t - 1]), "tensor", 0, False, all_elements)
+                env = {
+                    **hyper_values,
+                    **state,
+                    "theta": theta,
+                    "grad": np.broadcast_to(np.asarray(grads[t - 1], dtype=carrier), (size, *shape)),
+                    "t": carrier(t),
+                    "lr": base_lr * multiplier,
+                    "lr_multiplier": multiplier,
+                    "global_grad_norm": global_norm,
+                    "ndim": ndim,
+                }
+                for target, fn in steps:
+                    env[target] = fn(env)
+                theta = _shaped_slot(env["theta"], "tensor", layout, size, carrier)
+                state = {name: _shaped_slot(env[name], kinds[name], layout, size, carrier) for name in rule.state}
+                values = {"theta": theta, **state}
+                spread_t, exact_t = {}, {}
+                for slot, value in values.items():
+                    per_member = np.max(np.abs(value - value[0:1]).reshape(size, -1), axis=1)
+                    per_member[~np.isfinite(per_member)] = np.inf
+                    spread_t[slot] = {
+                        profile: float(max(np.max(per_member[part]) for part in parts)) for profile, parts in slices.items()
+                    }
+                    exact_t[slot] = (
+                        value[0].reshape(shape)
+                        if slot == "theta" or kinds[slot] == "tensor"
+                        else np.array(value[0].reshape(-1)[0])
+                    )
+                spread[t].append(spread_t)
+                exact[t].append(exact_t)
+    perturb.shaped = None
+    return spread, exact
+
+
+def _shaped_slot(value: Any, kind: str, layout: ShapedLayout, size: int, carrier: type[np.floating[Any]]) -> np.ndarray:
+    x = np.asarray(value, dtype=carrier)
+    target = layout.scalar_shape(size) if kind == "scalar" else (size, *layout.shape)
+    return x if x.shape == target else np.broadcast_to(x, target).copy()

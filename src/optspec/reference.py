@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from optspec.expr import REDUCTIONS, Binary, Call, Expr, Name, Num, Unary
+from optspec.expr import AXIS_REDUCTIONS, MATRIX_FUNCTIONS, REDUCTIONS, SHAPE_QUERIES, Binary, Call, Expr, Name, Num, Unary
 from optspec.spec import ResolvedRule, StateSlot
 
 Value = Any  # a numpy array (tensor kind) or a numpy scalar (scalar kind)
@@ -81,7 +81,57 @@ class CaseInputs:
 Trajectory = dict[int, list[dict[str, np.ndarray]]]
 
 
+def round_bf16(x: Value) -> Value:
+    """Round to the nearest bfloat16 (an 8-bit significand, ties to even), in x's own type.
+
+    x = m 2^e with 1/2 <= |m| < 1 (``frexp``); m 2^8 rounded to an integer by ``rint`` (ties
+    to even) keeps 8 significant bits; ``ldexp`` scales back exactly. One rounding from any
+    binary format, so a binary64 or longdouble evaluation gets the correctly rounded value,
+    not float32's double rounding. bfloat16 subnormals (|x| < 2^-126) and overflow are not
+    modelled (values of that size do not occur in the golden cases).
+    """
+    array = np.asarray(x)
+    mantissa, exponent = np.frexp(array)
+    out = np.ldexp(np.rint(np.ldexp(mantissa, 8)), exponent - 8).astype(array.dtype, copy=False)
+    return out[()] if out.ndim == 0 else out
+
+
+def transpose(x: Value) -> Value:
+    """Swap the last two axes (the identity for fewer than two)."""
+    return np.swapaxes(x, -1, -2) if np.ndim(x) >= 2 else x
+
+
+def row_mean(x: Value) -> Value:
+    """Mean over the last axis with keepdims: (r, c) -> (r, 1); a scalar as it is."""
+    return np.mean(x, axis=-1, keepdims=True) if np.ndim(x) >= 1 else x
+
+
+def col_mean(x: Value) -> Value:
+    """Mean over axis -2 with keepdims: (r, c) -> (1, c); fewer than two axes as it is."""
+    return np.mean(x, axis=-2, keepdims=True) if np.ndim(x) >= 2 else x
+
+
+def rows(x: Value) -> int:
+    """The size of axis -2 (1 for fewer than two axes)."""
+    return int(np.shape(x)[-2]) if np.ndim(x) >= 2 else 1
+
+
+def cols(x: Value) -> int:
+    """The size of the last axis (1 for a scalar)."""
+    return int(np.shape(x)[-1]) if np.ndim(x) >= 1 else 1
+
+
+#: Tensor functions whose result has another shape than their operands (all tensor-valued).
+SHAPED_TENSOR_FUNCTIONS: dict[str, Callable[..., Value]] = {
+    "matmul": np.matmul,
+    "transpose": transpose,
+    "row_mean": row_mean,
+    "col_mean": col_mean,
+}
+SHAPE_QUERY_FUNCTIONS: dict[str, Callable[[Value], int]] = {"rows": rows, "cols": cols}
+
 _ELEMENTWISE: dict[str, Callable[..., Value]] = {
+    "round_bf16": round_bf16,
     "sqrt": np.sqrt,
     "abs": np.abs,
     "sign": np.sign,
@@ -153,6 +203,20 @@ class _Compiler:
             scalar = self.p.scalar
             as_type = self.dtype(kind)
             return (lambda env: scalar(reduce(np.asarray(arg(env), dtype=as_type)))), "scalar"
+        if expr.func in SHAPE_QUERIES:
+            arg, _ = self.compile(expr.args[0])
+            query, scalar = SHAPE_QUERY_FUNCTIONS[expr.func], self.p.scalar
+            return (lambda env: scalar(query(arg(env)))), "scalar"
+        if expr.func in MATRIX_FUNCTIONS or expr.func in AXIS_REDUCTIONS:
+            fns, _ = self._operands(expr.args)
+            func, tensor = SHAPED_TENSOR_FUNCTIONS[expr.func], self.dtype("tensor")
+            if len(fns) == 1:
+                (x,) = fns
+                return (lambda env: np.asarray(func(np.asarray(x(env), dtype=tensor)), dtype=tensor)), "tensor"
+            x, y = fns
+            return (
+                lambda env: np.asarray(func(np.asarray(x(env), dtype=tensor), np.asarray(y(env), dtype=tensor)), dtype=tensor)
+            ), "tensor"
         if expr.func == "where":
             return self._where(expr.args)
         return self._apply(_ELEMENTWISE[expr.func], list(expr.args))
@@ -179,13 +243,24 @@ class _Compiler:
         return (lambda env: op(a(env), b(env))), kind
 
     def _where(self, args: Sequence[Expr]) -> tuple[Fn, str]:
-        cond, _ = self.compile(args[0])
+        cond, cond_kind = self.compile(args[0])
         fns, kind = self._operands(args[1:])
         a, b = fns
         as_type = self.dtype(kind)
         if kind != "tensor":
             return (lambda env: as_type(a(env) if bool(cond(env)) else b(env))), kind
+        if cond_kind != "tensor":
+            # A per-tensor condition selects a whole branch, which is the only one evaluated:
+            # the branches may differ in shape (transpose(x) or x) or exist for some ranks only.
+            return (lambda env: _selected(a(env) if bool(cond(env)) else b(env), env, as_type)), kind
         return (lambda env: np.where(cond(env), a(env), b(env)).astype(as_type, copy=False)), kind
+
+
+def _selected(value: Value, env: Env, as_type: type[np.floating[Any]]) -> Value:
+    """A selected branch in the tensor type; a scalar branch spread to theta's shape, as np.where would."""
+    if np.ndim(value) == 0:
+        return np.full(np.shape(env["theta"]), value, dtype=as_type)
+    return np.asarray(value, dtype=as_type)
 
 
 class _Binary32Compiler(_Compiler):

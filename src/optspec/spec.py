@@ -52,8 +52,11 @@ from optspec.declarations import (  # noqa: F401
 )
 from optspec.errors import ExprError, SpecError
 from optspec.expr import (
+    AXIS_REDUCTIONS,
+    MATRIX_FUNCTIONS,
     REDUCTIONS,
     SCALAR_BINARY_FUNCTIONS,
+    SHAPE_QUERIES,
     Call,
     Equation,
     Expr,
@@ -65,6 +68,7 @@ from optspec.expr import (
     parse_expr,
     rename_names,
     to_source,
+    unroll,
 )
 from optspec.schedule_spec import ScheduleRef, schedule_ref
 
@@ -174,6 +178,9 @@ class Spec(SpecDeclarations):
     extra_combos: tuple[Mapping[str, str], ...]
     path: str
     sha256: str
+    #: the golden cases' tensor shapes, when the rule needs its own (Muon: matrices only);
+    #: None for the standard five of :mod:`optspec.cases`
+    shapes: tuple[tuple[int, ...], ...] | None = None
 
     def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedRule:
         """Apply the variant's edits to the step and check the result."""
@@ -284,6 +291,7 @@ def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None
         extra_combos=tuple(table.get("golden", {}).get("extra_combos", [])),
         path=shown,
         sha256=sha256,
+        shapes=tuple(tuple(int(n) for n in shape) for shape in table["shapes"]) if "shapes" in table else None,
     )
     cases = _cases(spec, [*STANDARD_CASES, *table.get("cases", [])])
     spec = Spec(**{**spec.__dict__, "cases": cases})
@@ -475,8 +483,21 @@ def _apply_variant(spec: Spec, variant: Mapping[str, str]) -> tuple[tuple[Locate
             if slot_name in state:
                 raise SpecError(where, f"state slot {slot_name!r} is already declared")
             state[slot_name] = slot
+    equations = _unroll_loops(equations)
     kinds = _check_resolved(spec, variant, equations, state)
     return tuple(equations), state, kinds
+
+
+def _unroll_loops(equations: list[Located]) -> list[Located]:
+    """Each ``repeat N:`` loop becomes its body N times; the copies carry no label."""
+    out: list[Located] = []
+    for loc in equations:
+        if not loc.equation.repeat:
+            out.append(loc)
+            continue
+        for iteration, eq in unroll(loc.equation):
+            out.append(Located(eq, f"{loc.where}, iteration {iteration} {quoted(eq.text)}"))
+    return out
 
 
 def _find_label(equations: list[Located], label: str, where: str) -> int:
@@ -589,8 +610,10 @@ def _infer(
 
     def combine(node: Expr, kinds: list[Kind]) -> Kind:
         if isinstance(node, Call):
-            if node.func in REDUCTIONS:
+            if node.func in REDUCTIONS or node.func in SHAPE_QUERIES:
                 return "scalar"
+            if (node.func in MATRIX_FUNCTIONS or node.func in AXIS_REDUCTIONS) and "scalar" in kinds:
+                raise SpecError(where, f"{node.func}() takes tensors, not per-tensor scalars", node.column)
             if node.func in SCALAR_BINARY_FUNCTIONS and "tensor" in kinds:
                 raise SpecError(
                     where,

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from optspec.expr import ROUNDING_FUNCTIONS, Call, walk
 from optspec.mca import UNIT, Ensemble, MemberGroup, Spread, numpy_format, run_ensemble
 from optspec.reference import FLOAT32, FLOAT32_SCALAR32, FLOAT64, CaseInputs, Precision, Trajectory, run_reference
 from optspec.spec import ResolvedRule
@@ -179,7 +180,22 @@ def measure(
         # The widest carrier's unperturbed member is the exact value.
         if not exact or ensemble.carrier is np.longdouble:
             exact = values
+    if _rounds_explicitly(rule):
+        # Inside round_bf16 a float64 run computes as a float32 one does (bfloat16 with a binary32
+        # accumulator): a rounding flip the float32 members show is one a float64 run can show too.
+        for tensors in spread.values():
+            for slots in tensors:
+                for per_profile in slots.values():
+                    if "float64" in per_profile and "float32" in per_profile:
+                        per_profile["float64"] = max(per_profile["float64"], per_profile["float32"])
     return combine(deterministic, spread, exact, keep)
+
+
+def _rounds_explicitly(rule: ResolvedRule) -> bool:
+    """Whether the step rounds to a narrower format explicitly (``round_bf16``)."""
+    return any(
+        isinstance(node, Call) and node.func in ROUNDING_FUNCTIONS for loc in rule.equations for node in walk(loc.equation.expr)
+    )
 
 
 def combine(
