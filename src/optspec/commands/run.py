@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from optspec.commands import add_spec_options, check_output_file, library_from, write_failed
-from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record, run_check
+from optspec.conformance import DTYPES, CheckResult, enumerate_checks, load_goldens, matrix, result_record
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
 from optspec.impls import all_implementations, implementation
 from optspec.impls.schedule_base import enumerate_schedule_checks, run_schedule_check
+from optspec.matrix_workers import default_jobs, run_in_workers
+from optspec.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,12 +27,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="only this dtype (repeatable)")
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every check's result here")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only the matrix and failures")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr: print only the matrix and failures")
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes for independent rule x implementation groups (default: one per CPU; 1: none)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: give a number of worker processes of at least 1")
     library = library_from(args)
     for rule in args.rule:
         library.get(rule)
@@ -46,8 +58,14 @@ def run(args: argparse.Namespace) -> int:
     schedule_checks = _schedule_checks(args, directory) if run_schedules else []
     if not checks and not schedule_checks:
         raise UsageError("nothing to run for this selection")
-    results: list[CheckResult] = [run_check(check) for check in _progress(checks, args.quiet)]
-    schedule_results = [run_schedule_check(check) for check in _progress(schedule_checks, args.quiet)]
+    with Progress("optspec run", len(checks) + len(schedule_checks), "checks", args.quiet) as progress:
+        results: list[CheckResult] = run_in_workers(
+            checks, jobs, [Path(d) for d in args.specs], directory, lambda rule, impl, n: progress.update(f"{rule} x {impl}", n)
+        )
+        schedule_results = []
+        for check in schedule_checks:
+            schedule_results.append(run_schedule_check(check))
+            progress.update(f"schedule {check.spec.name} x {check.implementation.name}")
     if results:
         print_matrix(matrix(results), [i.name for i in impls])
     if schedule_results:
@@ -85,16 +103,6 @@ def _schedule_checks(args: argparse.Namespace, directory: Path) -> list:
     for name in args.schedule:
         library.get(name)
     return enumerate_schedule_checks(library, directory, set(args.schedule) or None)
-
-
-def _progress(checks: list, quiet: bool) -> Iterator:
-    show = not quiet and sys.stderr.isatty()
-    for index, check in enumerate(checks, 1):
-        if show:
-            print(f"\r{index}/{len(checks)} checks", end="", file=sys.stderr)
-        yield check
-    if show and checks:
-        print(file=sys.stderr)
 
 
 def print_matrix(table: dict, implementations: list[str], what: str = "rule") -> None:
