@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -124,8 +124,13 @@ def generate(spec: Spec, pool: Executor | None = None) -> GoldenFile:
     return generate_many([spec], pool)[0]
 
 
-def generate_many(specs: Sequence[Spec], pool: Executor | None = None) -> list[GoldenFile]:
-    """:func:`generate` for several specs, measuring every test's budgets in one pool."""
+def generate_many(
+    specs: Sequence[Spec], pool: Executor | None = None, on_test: Callable[[str], None] | None = None
+) -> list[GoldenFile]:
+    """:func:`generate` for several specs, measuring every test's budgets in one pool.
+
+    ``on_test(rule)`` is called after each test's budgets are measured (progress).
+    """
     jobs: list[tuple[Spec, dict[str, str], Any, Any]] = []
     measurements: list[tuple[Any, ...]] = []
     for spec in specs:
@@ -143,6 +148,8 @@ def generate_many(specs: Sequence[Spec], pool: Executor | None = None) -> list[G
     mapped = pool.map(_measure, measurements, chunksize=4) if pool is not None else map(_measure, measurements)
     tests: dict[str, list[GoldenTest]] = {spec.name: [] for spec in specs}
     for (spec, variant, case, case_inputs), (_, hyper, _, record, _, name, ref64), atol in zip(jobs, measurements, mapped):
+        if on_test is not None:
+            on_test(spec.name)
         for profile, per_step in atol.items():
             for step, tensors in per_step.items():
                 for index, slots in enumerate(tensors):
@@ -528,11 +535,13 @@ def default_golden_dir() -> Path:
     return Path(str(resources.files("optspec.vectors")))
 
 
-def write_all(specs: Iterable[Spec], directory: Path, workers: int | None = None) -> list[Path]:
+def write_all(
+    specs: Iterable[Spec], directory: Path, workers: int | None = None, on_test: Callable[[str], None] | None = None
+) -> list[Path]:
     specs = list(specs)
     written = []
     with _pool(workers) as pool:
-        goldens = generate_many(specs, pool)
+        goldens = generate_many(specs, pool, on_test)
     for spec, golden in zip(specs, goldens):
         path = directory / f"{spec.name}.json"
         write_atomic(path, dumps(to_document(golden, spec)))
@@ -550,12 +559,14 @@ def _pool(workers: int | None) -> Iterator[Executor | None]:
             pool.shutdown(cancel_futures=True)
 
 
-def check_all(specs: Iterable[Spec], directory: Path, workers: int | None = None) -> list[str]:
+def check_all(
+    specs: Iterable[Spec], directory: Path, workers: int | None = None, on_test: Callable[[str], None] | None = None
+) -> list[str]:
     """Regenerate in memory; return one message per file that differs (empty: all current)."""
     problems = []
     specs = list(specs)
     with _pool(workers) as pool:
-        goldens = generate_many(specs, pool)
+        goldens = generate_many(specs, pool, on_test)
     for spec, golden in zip(specs, goldens):
         path = directory / f"{spec.name}.json"
         shown = str(path)

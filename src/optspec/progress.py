@@ -50,6 +50,13 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=what, unit=f" {unit}", file=self.stream, dynamic_ncols=True, leave=True)
 
+    def set_total(self, total: int) -> None:
+        """The amount of work, once it is known."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def update(self, label: str, count: int = 1) -> None:
         """``count`` more units done, the last of them described by ``label`` (``adam x optax``)."""
         self.done += count

@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optspec.commands import add_spec_options, check_output_file, library_from, write_failed
+from optspec.progress import Progress
+from optspec.spec import SpecLibrary
+
+if TYPE_CHECKING:
+    from optspec.checking.results import CheckReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,27 +66,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time limit of importing the target and of each run (default 60)",
     )
     parser.add_argument("--no-behaviour", action="store_true", help="skip the behavioural checks")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from optspec.checking.runner import check, format_report, write_json
+    from optspec.checking.runner import format_report, write_json
     from optspec.checking.worker import valid_timeout
 
     valid_timeout(args.timeout)
     check_output_file(args.json, "--json")
-    report = check(
-        args.rule,
-        args.target,
-        library=library_from(args),
-        variant=args.variant,
-        hypers=args.hyper,
-        maps=args.map,
-        timeout=args.timeout,
-        behaviour=not args.no_behaviour,
-        kwargs=args.kwarg,
-        inner=args.inner,
-    )
+    library = library_from(args)
+    spec = library.get(args.rule)
+    # the cases in float64 and float32, the flag rows, the behavioural checks
+    total = 2 * len(spec.cases) + 1 + (0 if args.no_behaviour else 1)
+    with Progress(f"optspec check {args.rule} {args.target}", total, "steps", args.quiet) as progress:
+        report = _check(args, library, progress)
     print(format_report(report))
     if args.json is not None:
         try:
@@ -89,3 +90,21 @@ def run(args: argparse.Namespace) -> int:
             raise write_failed(args.json, exc) from None
         print(f"wrote {args.json}", file=sys.stderr)
     return report.exit_code
+
+
+def _check(args: argparse.Namespace, library: SpecLibrary, progress: Progress) -> CheckReport:
+    from optspec.checking.runner import check
+
+    return check(
+        args.rule,
+        args.target,
+        library=library,
+        variant=args.variant,
+        hypers=args.hyper,
+        maps=args.map,
+        timeout=args.timeout,
+        behaviour=not args.no_behaviour,
+        kwargs=args.kwarg,
+        inner=args.inner,
+        on_progress=progress.update,
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 from optspec.commands import add_spec_options, check_output_dir, library_from, write_failed
 from optspec.errors import UsageError
 from optspec.golden import check_all, default_golden_dir, write_all
+from optspec.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("rules", nargs="*", help="only these rules or schedules (default: all rules and schedules)")
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
     parser.add_argument("--check", action="store_true", help="regenerate in memory and fail (exit 1) if any file differs")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run)
 
 
@@ -30,8 +32,13 @@ def run(args: argparse.Namespace) -> int:
     specs = [library.get(n) for n in names if not _is_schedule(n, library, schedules)]
     schedule_specs = [schedules.get(n.removeprefix("schedule:")) for n in names if _is_schedule(n, library, schedules)]
     directory = args.dir or default_golden_dir()
+    total = sum(len(spec.golden_combos()) * len(spec.cases) for spec in specs) + len(schedule_specs)
     if args.check:
-        problems = check_all(specs, directory) + check_schedules(schedule_specs, schedule_golden_dir(directory))
+        with Progress("optspec golden --check", total, "tests", args.quiet) as progress:
+            problems = check_all(specs, directory, on_test=progress.update)
+            for schedule in schedule_specs:
+                problems += check_schedules([schedule], schedule_golden_dir(directory))
+                progress.update(f"schedule {schedule.name}")
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
@@ -45,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if schedule_specs:
         check_output_dir(schedule_golden_dir(directory), "--dir" if args.dir else "golden directory")
     try:
-        for path in [*write_all(specs, directory), *write_schedules(schedule_specs, schedule_golden_dir(directory))]:
+        with Progress("optspec golden", total, "tests", args.quiet) as progress:
+            written = write_all(specs, directory, on_test=progress.update)
+            for schedule in schedule_specs:
+                written += write_schedules([schedule], schedule_golden_dir(directory))
+                progress.update(f"schedule {schedule.name}")
+        for path in written:
             print(f"wrote {path}")
     except OSError as exc:
         raise write_failed(Path(exc.filename or directory), exc) from None
