@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from optspec.conformance import enumerate_checks, load_goldens, run_check
+from optspec.conformance import Check, CheckResult, check_groups, enumerate_checks, load_goldens, run_checks
 from optspec.impls import all_implementations
 from optspec.spec import SpecLibrary
 
@@ -19,11 +19,28 @@ from .conftest import GOLDEN_DIR
 
 _LIBRARY = SpecLibrary()
 _CHECKS = enumerate_checks(_LIBRARY, load_goldens(_LIBRARY, GOLDEN_DIR), all_implementations())
+_GROUPS = {(g[0].spec.name, g[0].implementation.name): g for g in check_groups(_CHECKS)}
+_RESULTS: dict[str, CheckResult] = {}
 
 
-@pytest.mark.parametrize("check", _CHECKS, ids=[c.id for c in _CHECKS])
+def result_of(check: Check) -> CheckResult:
+    """``run_check(check)``'s result, computed with the rest of its rule x implementation group
+    on first use (``run_checks``: one jit compilation per group for optax, the same results)."""
+    key = f"{check.spec.name}::{check.id}"
+    if key not in _RESULTS:
+        group = _GROUPS[(check.spec.name, check.implementation.name)]
+        for member, result in zip(group, run_checks(group)):
+            _RESULTS[f"{member.spec.name}::{member.id}"] = result
+    return _RESULTS[key]
+
+
+# One xdist group per rule x implementation: with `pytest -n N --dist loadgroup` (tox) a group runs on one worker.
+_PARAMS = [pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(f"{c.spec.name}-{c.implementation.name}")) for c in _CHECKS]
+
+
+@pytest.mark.parametrize("check", _PARAMS)
 def test_conforms(check) -> None:
-    result = run_check(check)
+    result = result_of(check)
     if result.status == "skipped":
         pytest.skip(result.message)
     assert result.status != "error", f"could not run: {result.message}"

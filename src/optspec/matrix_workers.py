@@ -44,14 +44,20 @@ def run_in_workers(
     spec_dirs: Sequence[Path],
     golden_dir: Path,
     on_group: Callable[[str, str, int], None] | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[CheckResult]:
     """:func:`optspec.conformance.run_checks` of ``checks`` in up to ``jobs`` processes, in order.
 
-    With one job, or one group, everything runs in this process.
+    With one job, or one group, everything runs in this process. ``meanwhile()`` (other work,
+    e.g. the schedule checks) runs in this process while the workers run, or after the checks
+    when there are none.
     """
     groups = check_groups(checks)
     if jobs <= 1 or len(groups) <= 1:
-        return run_checks(checks, on_group)
+        results = run_checks(checks, on_group)
+        if meanwhile is not None:
+            meanwhile()
+        return results
     tasks = [
         (
             [str(Path(d).resolve()) for d in spec_dirs],
@@ -74,6 +80,8 @@ def run_in_workers(
     try:
         futures: dict[Future[Any], int] = {pool.submit(_run_group, tasks[i]): i for i in order}
         pending = set(futures)
+        if meanwhile is not None:
+            meanwhile()
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:

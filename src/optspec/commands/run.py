@@ -58,14 +58,22 @@ def run(args: argparse.Namespace) -> int:
     schedule_checks = _schedule_checks(args, directory) if run_schedules else []
     if not checks and not schedule_checks:
         raise UsageError("nothing to run for this selection")
+    schedule_results: list = []
     with Progress("optspec run", len(checks) + len(schedule_checks), "checks", args.quiet) as progress:
+
+        def run_schedules() -> None:  # in this process, while the workers run the rules
+            for check in schedule_checks:
+                schedule_results.append(run_schedule_check(check))
+                progress.update(f"schedule {check.spec.name} x {check.implementation.name}")
+
         results: list[CheckResult] = run_in_workers(
-            checks, jobs, [Path(d) for d in args.specs], directory, lambda rule, impl, n: progress.update(f"{rule} x {impl}", n)
+            checks,
+            jobs,
+            [Path(d) for d in args.specs],
+            directory,
+            lambda rule, impl, n: progress.update(f"{rule} x {impl}", n),
+            run_schedules,
         )
-        schedule_results = []
-        for check in schedule_checks:
-            schedule_results.append(run_schedule_check(check))
-            progress.update(f"schedule {check.spec.name} x {check.implementation.name}")
     if results:
         print_matrix(matrix(results), [i.name for i in impls])
     if schedule_results:
