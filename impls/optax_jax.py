@@ -546,7 +546,7 @@ def _run_together(runs: Sequence[_Run]) -> None:
 
 
 #: Runs compiled into one step at most (XLA's compile time grows with the batch).
-BATCH = 16
+BATCH = 64
 
 
 def run_optax_batch(
