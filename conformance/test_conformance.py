@@ -23,7 +23,7 @@ import os
 
 import pytest
 
-from optspec.conformance import HALF_DTYPES, Check, enumerate_checks, load_goldens, run_check
+from optspec.conformance import HALF_DTYPES, Check, CheckResult, check_groups, enumerate_checks, load_goldens, run_checks
 from optspec.impls import all_implementations
 from optspec.spec import SpecLibrary
 
@@ -42,11 +42,28 @@ def _in_this_run(check: Check) -> bool:
 
 _LIBRARY = SpecLibrary()
 _CHECKS = [c for c in enumerate_checks(_LIBRARY, load_goldens(_LIBRARY, GOLDEN_DIR), all_implementations()) if _in_this_run(c)]
+_GROUPS = {(g[0].spec.name, g[0].implementation.name): g for g in check_groups(_CHECKS)}
+_RESULTS: dict[str, CheckResult] = {}
 
 
-@pytest.mark.parametrize("check", _CHECKS, ids=[c.id for c in _CHECKS])
+def result_of(check: Check) -> CheckResult:
+    """``run_check(check)``'s result, computed with the rest of its rule x implementation group
+    on first use (``run_checks``: one jit compilation per group for optax, the same results)."""
+    key = f"{check.spec.name}::{check.id}"
+    if key not in _RESULTS:
+        group = _GROUPS[(check.spec.name, check.implementation.name)]
+        for member, result in zip(group, run_checks(group)):
+            _RESULTS[f"{member.spec.name}::{member.id}"] = result
+    return _RESULTS[key]
+
+
+# One xdist group per rule x implementation: with `pytest -n N --dist loadgroup` (tox) a group runs on one worker.
+_PARAMS = [pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(f"{c.spec.name}-{c.implementation.name}")) for c in _CHECKS]
+
+
+@pytest.mark.parametrize("check", _PARAMS)
 def test_conforms(check) -> None:
-    result = run_check(check)
+    result = result_of(check)
     if result.status == "skipped":
         pytest.skip(result.message)
     assert result.status != "error", f"could not run: {result.message}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -790,6 +791,145 @@ def find_state_field(state: Any, name: str) -> Any | None:
     return None
 
 
+@dataclass
+class _Run:
+    """One transformation on one case: its state between steps and the trajectory so far."""
+
+    tx: Any
+    slots: Mapping[str, Slot]
+    inputs: CaseInputs
+    wanted: frozenset[int]
+    what: str
+    jdtype: Any
+    params: Any
+    state: Any
+    trajectory: Trajectory
+    #: every step's gradients, converted to the run's dtype by JAX (see :func:`_start`)
+    all_grads: list[np.ndarray]
+
+    def grads(self, t: int) -> list[np.ndarray]:
+        return [g[t - 1, ...] for g in self.all_grads]
+
+    def advance(self, t: int, params: Any, state: Any) -> None:
+        """Take the parameters and state after step ``t``; record them when ``t`` is recorded."""
+        self.params, self.state = params, state
+        if t in self.wanted:
+            snapshot = [{"theta": np.asarray(p, dtype=np.float64)} for p in params]
+            for slot, where in self.slots.items():
+                value = find_state_field(state, where.key)
+                if isinstance(value, (list, tuple)) and len(value) == len(params):
+                    for index, item in enumerate(value):
+                        snapshot[index][slot] = where.sign * np.asarray(item, dtype=np.float64)
+            self.trajectory[t] = snapshot
+
+
+def _start(tx: Any, slots: Mapping[str, Slot], inputs: CaseInputs, dtype: str, record: Sequence[int], what: str) -> _Run:
+    """Parameters in ``dtype`` and ``tx.init`` of them (an AdapterError when init raises)."""
+    import jax.numpy as jnp
+
+    jdtype = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}[dtype]
+    params = [jnp.asarray(p, dtype=jdtype) for p in inputs.params]
+    try:
+        state = tx.init(params)
+    except Exception as exc:
+        raise AdapterError(f"{what}: init raised {type(exc).__name__}: {exc}") from None
+    # All steps' gradients converted by one jnp.asarray per tensor (the elementwise conversion
+    # a per-step jnp.asarray makes) and kept on the host: a step then only copies them in.
+    all_grads = [np.asarray(jnp.asarray(g, dtype=jdtype)) for g in inputs.grads]
+    return _Run(tx, slots, inputs, frozenset(record), what, jdtype, params, state, {}, all_grads)
+
+
+def _run_alone(run: _Run) -> Trajectory:
+    """Every step of one run through its own ``jax.jit``-compiled step."""
+    import jax
+    import optax
+
+    tx = run.tx
+
+    @jax.jit
+    def step(params: Any, state: Any, grads: Any) -> Any:
+        updates, new_state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), new_state
+
+    for t in range(1, run.inputs.steps + 1):
+        try:
+            params, state = step(run.params, run.state, run.grads(t))
+        except Exception as exc:
+            raise AdapterError(f"{run.what}: step {t} raised {type(exc).__name__}: {exc}") from None
+        run.advance(t, params, state)
+    return run.trajectory
+
+
+def _run_together(runs: Sequence[_Run]) -> None:
+    """Every step of several runs of equal length through one ``jax.jit``-compiled step.
+
+    The compiled step holds each run's own step, unchanged (its ``tx.update`` and
+    ``optax.apply_updates`` on its own arguments): XLA compiles once for the batch instead of
+    once per run, which is most of the time of a small case. Raises whatever a step raises.
+    """
+    import jax
+    import optax
+
+    transformations = [run.tx for run in runs]
+
+    @jax.jit
+    def step(params: Any, states: Any, grads: Any) -> Any:
+        out = []
+        for tx, p, s, g in zip(transformations, params, states, grads):
+            updates, new_state = tx.update(g, s, p)
+            out.append((optax.apply_updates(p, updates), new_state))
+        return out
+
+    for t in range(1, runs[0].inputs.steps + 1):
+        stepped = step([r.params for r in runs], [r.state for r in runs], [r.grads(t) for r in runs])
+        for run, (params, state) in zip(runs, stepped):
+            run.advance(t, params, state)
+
+
+#: Runs compiled into one step at most (XLA's compile time grows with the batch).
+BATCH = 64
+
+
+def run_optax_batch(
+    items: Sequence[tuple[Any, Mapping[str, Slot], CaseInputs, Sequence[int], str]], dtype: str
+) -> list[Trajectory | AdapterError]:
+    """:func:`run_optax_transformation` of each ``(tx, slots, inputs, record, what)``, in one dtype.
+
+    Runs of equal length are stepped together, :data:`BATCH` at a time; when a batch raises,
+    its runs are made again one by one, so that each error names its own run and step.
+    """
+    outcomes: list[Trajectory | AdapterError | None] = [None] * len(items)
+    started: list[tuple[int, _Run]] = []
+    for index, (tx, slots, inputs, record, what) in enumerate(items):
+        try:
+            started.append((index, _start(tx, slots, inputs, dtype, record, what)))
+        except AdapterError as exc:
+            outcomes[index] = exc
+    by_length: dict[int, list[tuple[int, _Run]]] = {}
+    for index, run in started:
+        by_length.setdefault(run.inputs.steps, []).append((index, run))
+    for same in by_length.values():
+        for first in range(0, len(same), BATCH):
+            chunk = same[first : first + BATCH]
+            initial = [(run.params, run.state) for _, run in chunk]
+            if len(chunk) > 1:
+                try:
+                    _run_together([run for _, run in chunk])
+                except Exception:
+                    for (_, run), (params, state) in zip(chunk, initial):
+                        run.params, run.state, run.trajectory = params, state, {}
+                else:
+                    for index, run in chunk:
+                        outcomes[index] = run.trajectory
+                    continue
+            for index, run in chunk:
+                try:
+                    outcomes[index] = _run_alone(run)
+                except AdapterError as exc:
+                    outcomes[index] = exc
+    return [outcome if outcome is not None else {} for outcome in outcomes]
+
+
 def run_optax_transformation(
     tx: Any,
     slots: Mapping[str, Slot],
@@ -799,39 +939,7 @@ def run_optax_transformation(
     what: str,
 ) -> Trajectory:
     """Run an optax transformation under jax.jit on the case inputs (x64 on for float64)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    jdtype = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}[dtype]
-    params = [jnp.asarray(p, dtype=jdtype) for p in inputs.params]
-    try:
-        state = tx.init(params)
-    except Exception as exc:
-        raise AdapterError(f"{what}: init raised {type(exc).__name__}: {exc}") from None
-
-    @jax.jit
-    def step(params: Any, state: Any, grads: Any) -> Any:
-        updates, new_state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), new_state
-
-    wanted = set(record)
-    trajectory: Trajectory = {}
-    for t in range(1, inputs.steps + 1):
-        grads = [jnp.asarray(g[t - 1], dtype=jdtype) for g in inputs.grads]
-        try:
-            params, state = step(params, state, grads)
-        except Exception as exc:
-            raise AdapterError(f"{what}: step {t} raised {type(exc).__name__}: {exc}") from None
-        if t in wanted:
-            snapshot = [{"theta": np.asarray(p, dtype=np.float64)} for p in params]
-            for slot, where in slots.items():
-                value = find_state_field(state, where.key)
-                if isinstance(value, (list, tuple)) and len(value) == len(params):
-                    for index, item in enumerate(value):
-                        snapshot[index][slot] = where.sign * np.asarray(item, dtype=np.float64)
-            trajectory[t] = snapshot
-    return trajectory
+    return _run_alone(_start(tx, slots, inputs, dtype, record, what))
 
 
 def learning_rate_for(inputs: CaseInputs, base_lr: float, dtype: str) -> Schedule:
@@ -862,16 +970,42 @@ class OptaxJit:
         return BINDINGS.get(rule)
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
-        assert plan.binding is not None
         with x64(dtype == "float64"):
-            learning_rate = learning_rate_for(inputs, hyper["lr"], dtype)
-            try:
-                tx = FACTORIES[plan.binding.rule](learning_rate=learning_rate, **plan.kwargs)
-            except Exception as exc:
-                raise AdapterError(
-                    f"optax {plan.binding.target}: building the transformation raised {type(exc).__name__}: {exc}"
-                ) from None
-            return run_optax_transformation(tx, plan.binding.state, inputs, dtype, record, f"optax {plan.binding.target}")
+            tx, slots, inputs, record, what = self._item(plan, inputs, hyper, dtype, record)
+            return run_optax_transformation(tx, slots, inputs, dtype, record, what)
+
+    def run_many(
+        self, jobs: Sequence[tuple[Plan, CaseInputs, Mapping[str, float], str, Sequence[int]]]
+    ) -> list[Trajectory | AdapterError]:
+        """:meth:`run` of each ``(plan, inputs, hyper, dtype, record)``, the same results, compiled in batches."""
+        outcomes: list[Trajectory | AdapterError | None] = [None] * len(jobs)
+        for dtype in dict.fromkeys(job[3] for job in jobs):
+            with x64(dtype == "float64"):
+                indices, items = [], []
+                for index, (plan, inputs, hyper, job_dtype, record) in enumerate(jobs):
+                    if job_dtype != dtype:
+                        continue
+                    try:
+                        items.append(self._item(plan, inputs, hyper, dtype, record))
+                        indices.append(index)
+                    except AdapterError as exc:
+                        outcomes[index] = exc
+                for index, outcome in zip(indices, run_optax_batch(items, dtype)):
+                    outcomes[index] = outcome
+        return [outcome if outcome is not None else {} for outcome in outcomes]
+
+    def _item(
+        self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]
+    ) -> tuple[Any, Mapping[str, Slot], CaseInputs, Sequence[int], str]:
+        assert plan.binding is not None
+        learning_rate = learning_rate_for(inputs, hyper["lr"], dtype)
+        try:
+            tx = FACTORIES[plan.binding.rule](learning_rate=learning_rate, **plan.kwargs)
+        except Exception as exc:
+            raise AdapterError(
+                f"optax {plan.binding.target}: building the transformation raised {type(exc).__name__}: {exc}"
+            ) from None
+        return tx, plan.binding.state, inputs, record, f"optax {plan.binding.target}"
 
 
 IMPLEMENTATIONS = (OptaxJit(),)

@@ -295,7 +295,8 @@ def test_item3_corrupt_files_are_one_line(
     golden.mkdir()
     (golden / "sgd.json").write_bytes(content)
     golden_error(golden / "sgd.json", "sgd.json", message)
-    code, _, err = cli(capsys, "golden", "--check", "--dir", str(golden), "sgd")
+    # --quiet: no progress lines before the problem line (progress goes to stderr too)
+    code, _, err = cli(capsys, "golden", "--check", "--quiet", "--dir", str(golden), "sgd")
     assert code == 1 and "Traceback" not in err, f"golden --check on a corrupt file: exit {code}, {err[-2000:]}"
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "sgd.json" in lines[0] and message in lines[0], f"golden --check: {lines}"
@@ -515,7 +516,8 @@ def test_item8_sigterm_leaves_no_worker_tracker_or_target_child(targets: Path) -
 
 def test_item10_keyboard_interrupt_in_the_target_is_one_line_per_case(capsys: pytest.CaptureFixture[str], targets: Path) -> None:
     # A target that raises in every run could not be run at all: bad input (exit 2, issue 9), one line.
-    code, out, err = cli(capsys, "check", "adam", "hostile:Interrupts", "--no-behaviour")
+    # --quiet: no progress lines (one per case, on stderr) before the error line
+    code, out, err = cli(capsys, "check", "adam", "hostile:Interrupts", "--no-behaviour", "--quiet")
     one_line_error(code, err, "could not run hostile:Interrupts", "KeyboardInterrupt at ")
     assert "hostile.py" in err and "Traceback" not in out + err, f"stdout {out[-2000:]!r}; stderr {err[-2000:]!r}"
 

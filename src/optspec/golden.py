@@ -27,7 +27,7 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,8 +135,13 @@ def generate(spec: Spec, pool: Executor | None = None) -> GoldenFile:
     return generate_many([spec], pool)[0]
 
 
-def generate_many(specs: Sequence[Spec], pool: Executor | None = None) -> list[GoldenFile]:
-    """:func:`generate` for several specs, measuring every test's budgets in one pool."""
+def generate_many(
+    specs: Sequence[Spec], pool: Executor | None = None, on_test: Callable[[str], None] | None = None
+) -> list[GoldenFile]:
+    """:func:`generate` for several specs, measuring every test's budgets in one pool.
+
+    ``on_test(rule)`` is called after each test's budgets are measured (progress).
+    """
     if importlib.util.find_spec("ml_dtypes") is None:
         raise GoldenError("optspec golden: the bfloat16 budgets need ml_dtypes (pip install 'optspec[torch]')")
     jobs: list[tuple[Spec, dict[str, str], Any, Any]] = []
@@ -157,6 +162,8 @@ def generate_many(specs: Sequence[Spec], pool: Executor | None = None) -> list[G
     tests: dict[str, list[GoldenTest]] = {spec.name: [] for spec in specs}
     for (spec, variant, case, case_inputs), (_, hyper, _, record, _, name, ref64), atol in zip(jobs, measurements, mapped):
         atol = _without_half_overflow(atol)
+        if on_test is not None:
+            on_test(spec.name)
         for profile, per_step in atol.items():
             for step, tensors in per_step.items():
                 for index, slots in enumerate(tensors):
@@ -437,7 +444,9 @@ def golden_path(spec: Spec | ScheduleSpec, directory: Path) -> Path:
     return directory / f"{spec.name}.json"
 
 
-def _documents(specs: Sequence[Spec | ScheduleSpec], workers: int | None) -> list[dict[str, Any]]:
+def _documents(
+    specs: Sequence[Spec | ScheduleSpec], workers: int | None, on_test: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
     """The golden document of every spec, rules and schedules alike, in the order given.
 
     Rule budgets are measured in one process pool (the slow part); a schedule's budgets are
@@ -446,11 +455,16 @@ def _documents(specs: Sequence[Spec | ScheduleSpec], workers: int | None) -> lis
     rules = [spec for spec in specs if isinstance(spec, Spec)]
     if rules:
         with _pool(workers) as pool:
-            goldens = iter(generate_many(rules, pool))
-    return [
-        schedule_document(generate_schedule(spec), spec) if isinstance(spec, ScheduleSpec) else to_document(next(goldens), spec)
-        for spec in specs
-    ]
+            goldens = iter(generate_many(rules, pool, on_test))
+    documents = []
+    for spec in specs:
+        if isinstance(spec, ScheduleSpec):
+            documents.append(schedule_document(generate_schedule(spec), spec))
+            if on_test is not None:
+                on_test(f"schedule {spec.name}")
+        else:
+            documents.append(to_document(next(goldens), spec))
+    return documents
 
 
 def _schema_of(spec: Spec | ScheduleSpec) -> tuple[dict[str, Any], str]:
@@ -459,11 +473,16 @@ def _schema_of(spec: Spec | ScheduleSpec) -> tuple[dict[str, Any], str]:
     return golden_schema(), "golden.schema.json"
 
 
-def write_all(specs: Iterable[Spec | ScheduleSpec], directory: Path, workers: int | None = None) -> list[Path]:
+def write_all(
+    specs: Iterable[Spec | ScheduleSpec],
+    directory: Path,
+    workers: int | None = None,
+    on_test: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Generate and write the golden file of every spec (rules and schedules) under ``directory``."""
     specs = list(specs)
     written = []
-    for spec, doc in zip(specs, _documents(specs, workers)):
+    for spec, doc in zip(specs, _documents(specs, workers, on_test)):
         path = golden_path(spec, directory)
         write_atomic(path, dumps(doc))
         written.append(path)
@@ -480,11 +499,16 @@ def _pool(workers: int | None) -> Iterator[Executor | None]:
             pool.shutdown(cancel_futures=True)
 
 
-def check_all(specs: Iterable[Spec | ScheduleSpec], directory: Path, workers: int | None = None) -> list[str]:
+def check_all(
+    specs: Iterable[Spec | ScheduleSpec],
+    directory: Path,
+    workers: int | None = None,
+    on_test: Callable[[str], None] | None = None,
+) -> list[str]:
     """Regenerate in memory; return one message per file that differs (empty: all current)."""
     problems = []
     specs = list(specs)
-    for spec, doc in zip(specs, _documents(specs, workers)):
+    for spec, doc in zip(specs, _documents(specs, workers, on_test)):
         path = golden_path(spec, directory)
         shown = str(path)
         what = "schedule golden file" if isinstance(spec, ScheduleSpec) else "golden file"

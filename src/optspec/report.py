@@ -1,7 +1,7 @@
 """Conformance reports: a self-contained HTML page, a Markdown page and the JSON behind them.
 
 :func:`collect` runs the conformance matrix (every rule x installed implementation x golden
-case x dtype, :func:`optspec.conformance.run_check`); :func:`write_report` writes to a
+case x dtype, :func:`optspec.conformance.run_checks`, in worker processes); :func:`write_report` writes to a
 directory:
 
 * ``report.json`` — every check's result (status, compared variant, deviations, and the
@@ -41,11 +41,12 @@ from optspec.conformance import (
     matrix,
     missing_in,
     result_record,
-    run_check,
 )
 from optspec.errors import UsageError
 from optspec.golden import write_atomic
 from optspec.impls.base import Implementation
+from optspec.matrix_workers import run_in_workers
+from optspec.progress import Progress
 from optspec.spec import SpecLibrary
 
 STATUS_ORDER = ("error", "fails", "known deviation", "conforms", "skipped")
@@ -66,13 +67,19 @@ def collect(
     implementations: Sequence[Implementation],
     rules: Sequence[str] | None = None,
     dtypes: Sequence[str] = DTYPES,
+    jobs: int = 1,
+    spec_dirs: Sequence[Path] = (),
+    progress: Progress | None = None,
 ) -> ReportData:
-    """Run the conformance matrix for the report."""
+    """Run the conformance matrix for the report (in ``jobs`` worker processes; see optspec.matrix_workers)."""
     from optspec.checking.runner import environment
 
     goldens = load_goldens(library, golden_dir, rules)
     checks = enumerate_checks(library, goldens, implementations, dtypes)
-    results = tuple(run_check(check) for check in checks)
+    if progress is not None:
+        progress.set_total(len(checks))
+    on_group = None if progress is None else (lambda rule, impl, n: progress.update(f"{rule} x {impl}", n))
+    results = tuple(run_in_workers(checks, jobs, spec_dirs, golden_dir, on_group))
     names = tuple(i.name for i in implementations)
     unavailable = {i.name: str(i.unavailable()) for i in implementations if i.unavailable()}
     specs = {name: {"path": library.get(name).path, "sha256": library.get(name).sha256} for name in goldens}

@@ -34,7 +34,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -348,8 +348,12 @@ def check(
     inner: str | Any | None = None,
     flags: bool = True,
     shard: tuple[str, int] | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> CheckReport:
     """Check ``target`` against ``rule``; see the module docstring.
+
+    ``on_progress(what)`` is called after each case row (``defaults float64``), after the
+    flag rows (``flags``) and after the behavioural checks (``behaviour``).
 
     ``steps`` shortens every case to that many steps (inputs regenerated for the shorter
     case, so the falling-norm phase still happens); None keeps the spec's step counts.
@@ -357,7 +361,7 @@ def check(
     """
     session = open_session(rule, target, library, variant, hypers, maps, timeout, isolate, kwargs, inner, shard)
     try:
-        report = run_session(session, behaviour, dtypes, steps, flags)
+        report = run_session(session, behaviour, dtypes, steps, flags, on_progress)
         report.target_output = session.executor.captured()
         return report
     finally:
@@ -375,7 +379,12 @@ class _Ran:
 
 
 def run_session(
-    session: Session, behaviour: bool = True, dtypes: Sequence[str] = DTYPES, steps: int | None = None, flags: bool = True
+    session: Session,
+    behaviour: bool = True,
+    dtypes: Sequence[str] = DTYPES,
+    steps: int | None = None,
+    flags: bool = True,
+    on_progress: Callable[[str], None] | None = None,
 ) -> CheckReport:
     spec = session.spec
     report = CheckReport(
@@ -402,9 +411,13 @@ def run_session(
         prepared.append((case.id, hyper, inputs, record, expected))
         for dtype in dtypes:
             ran.append(run_case(session, case.id, hyper, inputs, record, dtype, expected))
+            if on_progress is not None:
+                on_progress(f"{case.id} {dtype}")
     main = list(ran)
     if flags:
         ran.extend(run_flags(session, prepared, dtypes))
+        if on_progress is not None:
+            on_progress("flags")
     report.cases = [r.result for r in ran]
     _refuse_if_nothing_ran(session, ran)
     report.diagnosis = _diagnose(session, main, ran)
@@ -417,6 +430,8 @@ def run_session(
         from optspec.checking.behaviour import run_behaviour
 
         report.behaviour = run_behaviour(session, report)
+        if on_progress is not None:
+            on_progress("behaviour")
     report.notes = list(session.notes)
     return report
 

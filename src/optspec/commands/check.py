@@ -10,9 +10,15 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optspec.commands import add_spec_options, check_output_file, library_from, write_failed
 from optspec.errors import UsageError
+from optspec.progress import Progress
+from optspec.spec import SpecLibrary
+
+if TYPE_CHECKING:
+    from optspec.checking.results import CheckReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,11 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fully_shard (fsdp2) or ZeroRedundancyOptimizer (zero), over a gloo group of --world-size ranks",
     )
     parser.add_argument("--world-size", type=int, default=2, metavar="N", help="ranks of --shard (default 2)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from optspec.checking.runner import check, format_report, write_json
+    from optspec.checking.runner import format_report, write_json
     from optspec.checking.worker import valid_timeout
 
     valid_timeout(args.timeout)
@@ -94,19 +101,12 @@ def run(args: argparse.Namespace) -> int:
         from optspec.checking.sharded import layout_for
 
         shard = (layout_for(args.shard, args.world_size), args.world_size)
-    report = check(
-        args.rule,
-        args.target,
-        library=library_from(args),
-        variant=args.variant,
-        hypers=args.hyper,
-        maps=args.map,
-        timeout=args.timeout,
-        behaviour=not args.no_behaviour,
-        kwargs=args.kwarg,
-        inner=args.inner,
-        shard=shard,
-    )
+    library = library_from(args)
+    spec = library.get(args.rule)
+    # the cases in float64 and float32, the flag rows, the behavioural checks
+    total = 2 * len(spec.cases) + 1 + (0 if args.no_behaviour else 1)
+    with Progress(f"optspec check {args.rule} {args.target}", total, "steps", args.quiet) as progress:
+        report = _check(args, library, progress, shard)
     print(format_report(report))
     if args.json is not None:
         try:
@@ -123,3 +123,22 @@ def run(args: argparse.Namespace) -> int:
             raise write_failed(args.html, exc) from None
         print(f"wrote {args.html}", file=sys.stderr)
     return report.exit_code
+
+
+def _check(args: argparse.Namespace, library: SpecLibrary, progress: Progress, shard: tuple[str, int] | None) -> CheckReport:
+    from optspec.checking.runner import check
+
+    return check(
+        args.rule,
+        args.target,
+        library=library,
+        variant=args.variant,
+        hypers=args.hyper,
+        maps=args.map,
+        timeout=args.timeout,
+        behaviour=not args.no_behaviour,
+        kwargs=args.kwarg,
+        inner=args.inner,
+        on_progress=progress.update,
+        shard=shard,
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 from optspec.commands import add_spec_options, check_output_dir, library_from, write_failed
 from optspec.errors import UsageError
 from optspec.golden import check_all, default_golden_dir, golden_path, write_all
+from optspec.progress import Progress
 from optspec.schedule_spec import ScheduleLibrary, ScheduleSpec
 from optspec.spec import Spec, SpecLibrary
 
@@ -19,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("rules", nargs="*", help="only these rules or schedules (default: all rules and schedules)")
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
     parser.add_argument("--check", action="store_true", help="regenerate in memory and fail (exit 1) if any file differs")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run)
 
 
@@ -33,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
     ]
     rules = sum(1 for spec in specs if isinstance(spec, Spec))
     directory = args.dir or default_golden_dir()
+    total = sum(len(spec.golden_combos()) * len(spec.cases) if isinstance(spec, Spec) else 1 for spec in specs)
     if args.check:
-        problems = check_all(specs, directory)
+        with Progress("optspec golden --check", total, "tests", args.quiet) as progress:
+            problems = check_all(specs, directory, on_test=progress.update)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
@@ -47,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     for folder in sorted({golden_path(spec, directory).parent for spec in specs}):
         check_output_dir(folder, "--dir" if args.dir else "golden directory")
     try:
-        for path in write_all(specs, directory):
+        with Progress("optspec golden", total, "tests", args.quiet) as progress:
+            written = write_all(specs, directory, on_test=progress.update)
+        for path in written:
             print(f"wrote {path}")
     except OSError as exc:
         raise write_failed(Path(exc.filename or directory), exc) from None

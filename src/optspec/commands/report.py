@@ -11,6 +11,8 @@ from optspec.conformance import DTYPES
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir
 from optspec.impls import all_implementations, implementation
+from optspec.matrix_workers import default_jobs
+from optspec.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="only this dtype (repeatable)")
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default: reports)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--jobs", "-j", type=int, default=None, metavar="N", help="worker processes (default: one per CPU; 1: none)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -42,11 +48,24 @@ def run(args: argparse.Namespace) -> int:
         for path in write_comparison(runs, args.out):
             print(f"wrote {path}")
         return 0
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: give a number of worker processes of at least 1")
     library = library_from(args)
     for rule in args.rule:
         library.get(rule)
     impls = [implementation(name) for name in args.impl] if args.impl else all_implementations()
-    data = collect(library, args.dir or default_golden_dir(), impls, args.rule or None, tuple(args.dtype) or DTYPES)
+    with Progress("optspec report", None, "checks", args.quiet) as progress:
+        data = collect(
+            library,
+            args.dir or default_golden_dir(),
+            impls,
+            args.rule or None,
+            tuple(args.dtype) or DTYPES,
+            jobs=jobs,
+            spec_dirs=[Path(d) for d in args.specs],
+            progress=progress,
+        )
     for path in write_report(data, args.out):
         print(f"wrote {path}")
     return 0

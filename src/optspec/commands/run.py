@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,13 @@ from optspec.conformance import (
     matrix,
     missing_in,
     result_record,
-    run_check,
 )
 from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
 from optspec.impls import all_implementations, implementation, sharded_implementations
 from optspec.impls.schedule_base import enumerate_schedule_checks, run_schedule_check
+from optspec.matrix_workers import default_jobs, run_in_workers
+from optspec.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="only this dtype (repeatable)")
     parser.add_argument("--dir", type=Path, default=None, help="golden directory (default: ./conformance/golden)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every check's result here")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only the matrix and failures")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr: print only the matrix and failures")
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes for independent rule x implementation groups (default: one per CPU; 1: none)",
+    )
     parser.add_argument(
         "--world-size",
         type=int,
@@ -51,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: give a number of worker processes of at least 1")
     library = library_from(args)
     for rule in args.rule:
         library.get(rule)
@@ -60,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     impls = [implementation(name) for name in args.impl] if args.impl else all_implementations()
     if args.world_size is not None and not args.impl:
         impls = [*impls, *sharded_implementations(args.world_size)]
+    if args.world_size is not None or any("@" in i.name for i in impls):
+        # one process group (gang) per process, started once and reused: no worker processes
+        jobs = 1
     run_rules = bool(args.rule) or not args.schedule
     run_schedules = (bool(args.schedule) or not args.rule) and not args.impl
     checks = []
@@ -69,8 +83,22 @@ def run(args: argparse.Namespace) -> int:
     schedule_checks = _schedule_checks(args, directory) if run_schedules else []
     if not checks and not schedule_checks:
         raise UsageError("nothing to run for this selection")
-    results: list[CheckResult] = [run_check(check) for check in _progress(checks, args.quiet)]
-    schedule_results = [run_schedule_check(check) for check in _progress(schedule_checks, args.quiet)]
+    schedule_results: list = []
+    with Progress("optspec run", len(checks) + len(schedule_checks), "checks", args.quiet) as progress:
+
+        def run_schedules() -> None:  # in this process, while the workers run the rules
+            for check in schedule_checks:
+                schedule_results.append(run_schedule_check(check))
+                progress.update(f"schedule {check.spec.name} x {check.implementation.name}")
+
+        results: list[CheckResult] = run_in_workers(
+            checks,
+            jobs,
+            [Path(d) for d in args.specs],
+            directory,
+            lambda rule, impl, n: progress.update(f"{rule} x {impl}", n),
+            run_schedules,
+        )
     if results:
         print_matrix(matrix(results), [i.name for i in impls])
     if schedule_results:
@@ -108,16 +136,6 @@ def _schedule_checks(args: argparse.Namespace, directory: Path) -> list:
     for name in args.schedule:
         library.get(name)
     return enumerate_schedule_checks(library, directory, set(args.schedule) or None)
-
-
-def _progress(checks: list, quiet: bool) -> Iterator:
-    show = not quiet and sys.stderr.isatty()
-    for index, check in enumerate(checks, 1):
-        if show:
-            print(f"\r{index}/{len(checks)} checks", end="", file=sys.stderr)
-        yield check
-    if show and checks:
-        print(file=sys.stderr)
 
 
 def print_matrix(table: dict, implementations: list[str], what: str = "rule") -> None:
