@@ -120,7 +120,7 @@ def test_misbehaving_target_is_reported_per_case(target: str, failure: str, says
 
 def test_factory_returning_something_else_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     """A plain function that is not an optax factory could not be run in any case: bad input, not a verdict."""
-    code, out, err = run_cli(capsys, "adam", f"{FIXTURES}:not_a_transformation", "--no-behaviour")
+    code, out, err = run_cli(capsys, "adam", f"{FIXTURES}:not_a_transformation", "--no-behaviour", "--quiet")
     assert code == 2, f"a function returning a dict must exit 2, got {code}; stdout: {out}"
     assert "could not run tests.fixtures.misbehaving:not_a_transformation" in err, err
     assert "not an optax GradientTransformation" in err and len(err.strip().splitlines()) == 1, err
@@ -224,7 +224,7 @@ def test_wrapper_with_inner_optimizer(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_wrapper_without_inner_is_exit_2_with_the_advice(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "lookahead", "tests.fixtures.wrappers:Lookahead", "--no-behaviour")
+    code, out, err = run_cli(capsys, "lookahead", "tests.fixtures.wrappers:Lookahead", "--no-behaviour", "--quiet")
     assert code == 2, f"a wrapper that cannot be constructed must exit 2, got {code}:\n{out}"
     assert "could not run tests.fixtures.wrappers:Lookahead" in err and "--inner MODULE:ATTR" in err, err
     assert len(err.strip().splitlines()) == 1, err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -131,6 +132,9 @@ def _validate(args: argparse.Namespace) -> None:
     session.executor.close()
 
 
+_XDIST_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("pytest_benchmark") is None:
         raise UsageError("optspec bench needs pytest-benchmark: pip install 'optspec[bench]'")
@@ -142,7 +146,14 @@ def run(args: argparse.Namespace) -> int:
         ini = Path(tmp) / "pytest.ini"
         ini.write_text("[pytest]\n")
         written = Path(tmp) / "benchmark.json"
-        code = int(pytest.main(pytest_args(args, ini, written if args.json is not None else None)))
+        # The suite times in this one process: a caller's pytest-xdist worker variables (optspec bench
+        # called from inside an xdist run) would make pytest-benchmark disable itself
+        # (pytest_benchmark/session.py:76-78 reads PYTEST_XDIST_WORKER).
+        saved = {name: os.environ.pop(name) for name in _XDIST_VARIABLES if name in os.environ}
+        try:
+            code = int(pytest.main(pytest_args(args, ini, written if args.json is not None else None)))
+        finally:
+            os.environ.update(saved)
         if code in _USAGE_CODES:
             raise UsageError(f"optspec bench {args.rule} {args.target}: pytest could not run the suite (exit {code}; see above)")
         if args.json is not None and written.exists():
