@@ -9,6 +9,7 @@ step count, so step t uses eta * s_t as in the spec.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -791,6 +792,18 @@ def find_state_field(state: Any, name: str) -> Any | None:
     return None
 
 
+def _has_attribute(target: str) -> bool:
+    """Whether a dotted ``optax.name`` / ``optax.contrib.name`` target exists in the installed optax
+    (a composite target such as ``optax.chain(...)`` is taken to exist)."""
+    if "(" in target:
+        return True
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        return hasattr(importlib.import_module(module_name), attribute)
+    except ImportError:
+        return False
+
+
 @dataclass
 class _Run:
     """One transformation on one case: its state between steps and the trajectory so far."""
@@ -967,7 +980,12 @@ class OptaxJit:
         return jax_unavailable()
 
     def binding(self, rule: str) -> Binding | None:
-        return BINDINGS.get(rule)
+        binding = BINDINGS.get(rule)
+        if binding is None or self.unavailable() is not None:
+            return binding
+        # a transformation the installed optax does not have yet (optax.contrib.muon, adopt,
+        # ademamix... are not in optax 0.2.3): no binding, never an error cell
+        return binding if _has_attribute(binding.target) else None
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
         with x64(dtype == "float64"):
