@@ -81,6 +81,8 @@ def test_item1_long_chains_parse_and_check_without_recursion(op: str) -> None:
     assert to_source(parse_expr(f"a {op} b {op} c")) == f"((a {op} b) {op} c)", f"{op} must stay left-associative"
 
 
+# over a minute on one core: in tox -e slow, not the default run
+@pytest.mark.slow
 def test_item1_list_golden_and_validate_accept_thousands_of_terms(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     specs = write_spec(tmp_path / "specs", spec_text(chain(1000)))
     code, out, err = cli(capsys, "list", "--specs", str(specs), "toy")

@@ -69,6 +69,8 @@ def test_muon_bf16_reference_is_torch_muon_in_float64() -> None:
         assert err < 1e-12, f"tensor {i}: torch.optim.Muon float64 differs from the bf16 spec by {err:.3e}"
 
 
+# over a minute on one core: in tox -e slow, not the default run
+@pytest.mark.slow
 def test_muon_optax_variant_is_optax_contrib_muon_with_x64() -> None:
     """optax.contrib.muon with x64 is the ns_dtype=param, normalise=add, bias_correction=on,
     lr_scale=cols_over_rows variant (optax/contrib/_muon.py:135-145, :340, :488-497)."""
