@@ -445,9 +445,9 @@ def capturable_refused(device: str) -> str | None:
     """
     import torch
 
-    param = torch.zeros(1, device=device)
-    param.grad = torch.ones(1, device=device)
-    try:
+    try:  # making the tensors is part of the probe: a torch without that device raises there
+        param = torch.zeros(1, device=device)
+        param.grad = torch.ones(1, device=device)
         torch.optim.Adam([param], capturable=True, foreach=True).step()
     except Exception as exc:  # torch's AssertionError names the supported devices
         return f"torch {torch.__version__} does not run capturable=True on {device}: {type(exc).__name__}: {exc}"
