@@ -370,16 +370,22 @@ def deviations() -> tuple[Deviation, ...]:
     return parse_registry(text, shown)
 
 
-def parse_registry(text: str, shown: str) -> tuple[Deviation, ...]:
-    """Parse and validate registry text; every problem is a one-line AdapterError naming ``shown``."""
+def load_registry_table(text: str, shown: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A registry file's TOML, validated against ``schema``; a problem is a one-line AdapterError naming ``shown``."""
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise AdapterError(f"{shown}: not valid TOML ({exc})") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_REGISTRY_SCHEMA).iter_errors(table))
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(table))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise AdapterError(f"{shown}: at {where}: {error.message}")
+    return table
+
+
+def parse_registry(text: str, shown: str) -> tuple[Deviation, ...]:
+    """Parse and validate registry text; every problem is a one-line AdapterError naming ``shown``."""
+    table = load_registry_table(text, shown, _REGISTRY_SCHEMA)
     # The schema fixes each kind's keys; lists become tuples, the rest maps onto Deviation's fields.
     kinds = {"deviation": "variant", "precision": "precision", "storage": "storage"}
     out = [

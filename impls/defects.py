@@ -9,13 +9,10 @@ library with a recorded, evidenced bug and goes red on any failure nobody explai
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
-
-import jsonschema
 
 from optspec.errors import AdapterError
 from optspec.impls import base
@@ -101,14 +98,7 @@ def defects() -> tuple[Defect, ...]:
 
 
 def parse_defects(text: str, shown: str) -> tuple[Defect, ...]:
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise AdapterError(f"{shown}: not valid TOML ({exc})") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(table))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise AdapterError(f"{shown}: at {where}: {error.message}")
+    table = base.load_registry_table(text, shown, _SCHEMA)
     out = tuple(
         Defect(**{key: tuple(value) if isinstance(value, list) else value for key, value in item.items()})
         for item in table.get("defect", [])
