@@ -792,6 +792,7 @@ def find_state_field(state: Any, name: str) -> Any | None:
     return None
 
 
+@cache
 def _has_attribute(target: str) -> bool:
     """Whether a dotted ``optax.name`` / ``optax.contrib.name`` target exists in the installed optax
     (a composite target such as ``optax.chain(...)`` is taken to exist)."""

@@ -353,7 +353,8 @@ def _numpy(tensor: Any) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
 
 
-def path_keywords(optimizer_class: Any, path: str) -> dict[str, bool] | None:
+@cache
+def path_keywords(optimizer_class: Any, path: str) -> Mapping[str, bool] | None:
     """The keywords that select ``path`` on ``optimizer_class``, or None when the class has no such path.
 
     A keyword the class does not take is dropped when it asks for the default (``foreach=False``
