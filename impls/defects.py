@@ -9,6 +9,7 @@ library with a recorded, evidenced bug and goes red on any failure nobody explai
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -41,6 +42,7 @@ _SCHEMA: dict[str, Any] = {
                     "upstream": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "library": {"type": "string", "minLength": 1},
                     "fixed_in": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"},
+                    "raises": {"type": "string", "minLength": 3},
                 },
             },
         }
@@ -62,6 +64,9 @@ class Defect:
     #: a defect of ``library``'s releases before ``fixed_in`` (both or neither)
     library: str | None = None
     fixed_in: str | None = None
+    #: a library that raises instead of computing: a regular expression the error message matches
+    #: (the cell is an error cell with the library's message; the check is a failure, not exit 2)
+    raises: str | None = None
 
     def present(self) -> bool:
         """Whether the installed library has the defect: always, unless a release fixed it and is installed."""
@@ -78,6 +83,16 @@ class Defect:
         return f"[known defect {self.id}: a defect of {self.library} before {self.fixed_in} (installed {installed})]"
 
     def applies_to(self, rule: str, implementation: str, dtype: str) -> bool:
+        """Whether this defect explains a wrong result of ``rule`` by ``implementation`` in ``dtype``."""
+        return self.raises is None and self._covers(rule, implementation, dtype)
+
+    def explains_error(self, rule: str, implementation: str, dtype: str, message: str) -> bool:
+        """Whether this defect is the library's error ``message`` for ``rule`` by ``implementation`` in ``dtype``."""
+        if self.raises is None or re.search(self.raises, message) is None:
+            return False
+        return self._covers(rule, implementation, dtype)
+
+    def _covers(self, rule: str, implementation: str, dtype: str) -> bool:
         return (
             rule == self.rule
             and dtype in self.dtypes
@@ -103,6 +118,12 @@ def parse_defects(text: str, shown: str) -> tuple[Defect, ...]:
         Defect(**{key: tuple(value) if isinstance(value, list) else value for key, value in item.items()})
         for item in table.get("defect", [])
     )
+    for defect in out:
+        if defect.raises is not None:
+            try:
+                re.compile(defect.raises)
+            except re.error as exc:
+                raise AdapterError(f"{shown}: defect {defect.id!r}: raises is not a regular expression ({exc})") from None
     halves = [d.id for d in out if (d.library is None) != (d.fixed_in is None)]
     if halves:
         raise AdapterError(f"{shown}: defect {halves[0]!r}: give library and fixed_in together")
@@ -114,4 +135,10 @@ def parse_defects(text: str, shown: str) -> tuple[Defect, ...]:
 
 
 def find_defect(rule: str, implementation: str, dtype: str) -> Defect | None:
+    """The defect that explains a failing check, if one is registered."""
     return next((d for d in defects() if d.applies_to(rule, implementation, dtype)), None)
+
+
+def find_error_defect(rule: str, implementation: str, dtype: str, message: str) -> Defect | None:
+    """The defect that is this error of the library (an entry with ``raises``), if one is registered."""
+    return next((d for d in defects() if d.explains_error(rule, implementation, dtype, message)), None)

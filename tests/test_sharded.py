@@ -98,6 +98,37 @@ def test_a_library_error_on_sharded_parameters_is_an_error_cell(monkeypatch: pyt
     assert cell.status == "error" and cell.failures == [results[0].message], (cell.status, cell.failures)
 
 
+@pytest.mark.parametrize("layout", ["dtensor.shard0", "dtensor.shard1", "fsdp2"])
+def test_torch_adafactor_raises_on_dtensors_as_registered(layout: str) -> None:
+    """torch.optim.Adafactor squares a norm in place (_adafactor.py:394, :399): on a sharded gradient the
+    norm is a pending _NormPartial reduction and DTensor refuses the in-place op. The cell is an error
+    with torch's message and the registered defect; the same case conforms under ZeroRedundancyOptimizer."""
+    (check,) = _checks("adafactor", layout, 2, {"adafactor/default/defaults"}, ("float32",))
+    result = run_check(check)
+    assert result.status == "error", f"{check.id}: expected torch's DTensor error, got {result.status}: {result.message}"
+    assert "in-place operations that require placement changes are not supported" in result.message, result.message
+    assert result.defect is not None and result.defect.id == "torch-adafactor-dtensor-inplace-norm", result.message
+    assert "[known defect torch-adafactor-dtensor-inplace-norm]" in result.message, result.message
+
+
+def test_torch_adafactor_conforms_under_zero() -> None:
+    """ZeRO keeps whole parameters on their owning rank: Adafactor's factored moments are exact there."""
+    (check,) = _checks("adafactor", "zero", 2, {"adafactor/default/defaults"}, ("float32",))
+    result = run_check(check)
+    assert result.status == "conforms", f"{check.id}: {result.status}: {result.message}"
+
+
+def test_run_with_a_registered_library_error_exits_1_not_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A known library error is a verdict (exit 1, the cell reads "error: known defect"), not bad input (exit 2)."""
+    from optspec.cli import main
+
+    code = main(["run", "--rule", "adafactor", "--impl", "torch.dtensor.shard0@2", "--dtype", "float32", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 1, f"optspec run exited {code}; stderr: {err[-2000:]}; stdout: {out[-3000:]}"
+    assert "error: known defect" in out and "torch-adafactor-dtensor-inplace-norm" in out, out[-3000:]
+    assert "optspec: error:" not in err, err[-2000:]
+
+
 def test_gang_is_reused_across_calls() -> None:
     """One group per session: two calls reach the same rank processes."""
     first = torch_gang.gang(2).call("optspec.impls.torch_gang:identify", timeout=60)

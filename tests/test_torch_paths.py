@@ -145,6 +145,12 @@ def test_a_defect_never_applies_to_a_pass_or_another_cell() -> None:
         ("[[defect]]\nid = 'x'\n", "impls/defects.toml: at defect/0: 'rule' is a required property"),
         ("defect = 3\n", "impls/defects.toml: at defect: 3 is not of type 'array'"),
         ("[[defect", "impls/defects.toml: not valid TOML"),
+        (
+            "[[defect]]\nid = 'x'\nrule = 'adam'\nimplementations = ['torch.*']\ndtypes = ['float32']\n"
+            "reason = 'a reason of twenty characters'\nevidence = ['file.py:1 says so']\nupstream = ['none']\n"
+            "raises = 'placement ([a-z'\n",
+            "impls/defects.toml: defect 'x': raises is not a regular expression",
+        ),
     ],
 )
 def test_defect_registry_errors_are_one_line(text: str, message: str) -> None:

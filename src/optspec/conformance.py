@@ -36,7 +36,7 @@ from optspec.impls.base import (
     find_storage_deviation,
     plan_case,
 )
-from optspec.impls.defects import Defect, find_defect
+from optspec.impls.defects import Defect, find_defect, find_error_defect
 from optspec.reference import FLOAT64, Trajectory, run_reference
 from optspec.spec import Spec, SpecLibrary, variant_label
 from optspec.tolerance import measure
@@ -109,7 +109,7 @@ class CheckResult:
     deviations: tuple[Deviation, ...] = ()
     errors: tuple[StepError, ...] = ()
     compared_slots: tuple[str, ...] = ()
-    #: a registered library bug that explains this failure (``impls/defects.toml``); never set on a pass
+    #: a registered library bug that explains this failure or error (``impls/defects.toml``); never set on a pass
     defect: Defect | None = None
 
 
@@ -362,7 +362,10 @@ def _prepare(check: Check) -> CheckResult | _Pending:
 def _finish(pending: _Pending, observed: Trajectory | AdapterError) -> CheckResult:
     base, plan, context = pending.base, pending.plan, pending.context
     if isinstance(observed, AdapterError):
-        return CheckResult(**base, status="error", message=f"{context}: {observed}", compared_variant=plan.compared_variant)
+        check = pending.check
+        defect = find_error_defect(check.spec.name, check.implementation.name, check.dtype, str(observed))
+        message = f"{context}: {observed}" if defect is None else f"{context}: {observed} {defect.label}"
+        return CheckResult(**base, status="error", message=message, compared_variant=plan.compared_variant, defect=defect)
     check = pending.check
     comparison, profile, registered = compare_with_registry(
         check.spec, check.implementation.name, pending.target, observed, check.dtype, context

@@ -108,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in unavailable.items():
         print(f"not run: {name}: {reason}")
     failures = [r for r in results if r.status == "fails"]
-    errors = [r for r in results if r.status == "error"]
-    for failure in failures:
+    # A library that raises where a registered defect says it does (impls/defects.toml, `raises`)
+    # is a verdict on the library, shown as an error cell with its message: a failure, not exit 2.
+    known_errors = [r for r in results if r.status == "error" and getattr(r, "defect", None) is not None]
+    errors = [r for r in results if r.status == "error" and getattr(r, "defect", None) is None]
+    for failure in [*failures, *known_errors]:
         print(f"FAIL {failure.message}")
     if args.json:
         try:
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         for error in errors:
             print(f"optspec: error: {error.message}", file=sys.stderr)
         return 2
-    return 1 if failures else 0
+    return 1 if failures or known_errors else 0
 
 
 def _schedule_checks(args: argparse.Namespace, directory: Path) -> list:
@@ -160,7 +163,7 @@ def print_matrix(table: dict, implementations: list[str], what: str = "rule") ->
         print()
     if defects:
         # Failures all the same: a registered defect explains them, it does not excuse them.
-        print("\nknown defects (these cells fail):")
+        print("\nknown defects (these cells fail or raise):")
         for defect, cells in defects.values():
             print(f"  [{defect.id}] {', '.join(cells)}: {defect.reason} ({'; '.join(defect.upstream)})")
         print()
@@ -181,8 +184,8 @@ def run_document(results: list) -> dict[str, Any]:
 def cell_text(cell: Any) -> str:
     """The cell's status; a cell skipped wholly because the installed library lacks it says so ("not in torch 2.0.1"),
     and one whose every failure is a registered defect of the installed release says that."""
-    if cell.status == "fails" and all("[known defect " in message for message in cell.failures):
-        return "fails: known defect"
+    if cell.status in ("fails", "error") and cell.failures and all("[known defect " in m for m in cell.failures):
+        return f"{cell.status}: known defect"
     return missing_in(cell.skips) if cell.status == "skipped" and missing_in(cell.skips) else cell.status
 
 
