@@ -65,7 +65,12 @@ def test_a_run_that_cannot_be_built_is_its_own_error_and_the_others_still_run() 
 
 @pytest.mark.parametrize("impl_name", ["optax", "torch.for-loop"])
 def test_run_checks_gives_run_check_results(impl_name: str) -> None:
-    checks = enumerate_checks(LIBRARY, load_goldens(LIBRARY, GOLDEN_DIR, ["amsgrad"]), [implementation(impl_name)])
+    every = enumerate_checks(LIBRARY, load_goldens(LIBRARY, GOLDEN_DIR, ["amsgrad"]), [implementation(impl_name)])
+    # every variant and dtype, on two of the cases (each unbatched optax check is a jit compilation of its own)
+    checks = [c for c in every if c.test.case in ("defaults", "knobs")]
+    assert {tuple(sorted(c.test.variant.items())) for c in checks} == {tuple(sorted(c.test.variant.items())) for c in every}, (
+        "a variant lost its checks"
+    )
     groups: list[tuple[str, str, int]] = []
     fast = run_checks(checks, lambda rule, impl, n: groups.append((rule, impl, n)))
     assert groups == [("amsgrad", impl_name, len(checks))], f"one group callback expected, got {groups}"

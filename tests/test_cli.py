@@ -88,5 +88,7 @@ def test_run_prints_the_matrix(tmp_path: Path) -> None:
 
 
 def test_validate(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--dir", str(ROOT / "conformance" / "golden")]) == 0
+    # Specs, schemas, hashes and the registry; the regenerated sample of every golden file is
+    # tox's own `optspec validate --sample 2` command, and tests/test_bad_input.py tests the sample.
+    assert main(["validate", "--dir", str(ROOT / "conformance" / "golden"), "--sample", "0"]) == 0
     assert "known deviations are valid" in capsys.readouterr().out
