@@ -63,7 +63,11 @@ _PARAMS = [pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(f"{c.spec.name
 
 @pytest.mark.parametrize("check", _PARAMS)
 def test_conforms(check) -> None:
-    result = result_of(check)
+    expect_verdict(result_of(check))
+
+
+def expect_verdict(result: CheckResult) -> None:
+    """Pass on conforms or a registered deviation, skip with the reason, xfail a registered defect, fail otherwise."""
     if result.status == "skipped":
         pytest.skip(result.message)
     if result.status in ("fails", "error") and result.defect is not None:
