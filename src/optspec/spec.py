@@ -59,11 +59,11 @@ from optspec.errors import ExprError, SpecError
 from optspec.expr import (
     AXIS_REDUCTIONS,
     GLOBAL_REDUCTIONS,
-    SHAPED_FUNCTIONS,
     MATRIX_FUNCTIONS,
     REDUCTIONS,
     SCALAR_BINARY_FUNCTIONS,
     SHAPE_QUERIES,
+    SHAPED_FUNCTIONS,
     Call,
     Equation,
     Expr,
@@ -73,11 +73,11 @@ from optspec.expr import (
     fold,
     names_in,
     parse_equation,
-    walk,
     parse_expr,
     rename_names,
     to_source,
     unroll,
+    walk,
 )
 from optspec.schedule_spec import ScheduleRef, schedule_ref
 
