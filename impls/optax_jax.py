@@ -1155,3 +1155,46 @@ BINDINGS["prodigy"] = Binding(
         "r": Slot("numerator_weighted", rule=True),
     },
 )
+
+
+def dadapt_adam(
+    learning_rate: Schedule,
+    betas: tuple[float, float],
+    eps: float,
+    estim_lr0: float,
+    weight_decay: float,
+    coupled: bool,
+) -> Any:
+    """optax.contrib.dadapt_adamw (optax/contrib/_dadapt_adamw.py:42-147); coupled decay is
+    chain(add_decayed_weights, dadapt_adamw), as its docstring says (:63-64)."""
+    import optax
+    import optax.contrib
+
+    def core(decay: float) -> Any:
+        return optax.contrib.dadapt_adamw(learning_rate, betas=tuple(betas), eps=eps, estim_lr0=estim_lr0, weight_decay=decay)
+
+    return optax.chain(optax.add_decayed_weights(weight_decay), core(0.0)) if coupled else core(weight_decay)
+
+
+FACTORIES["dadapt_adam"] = dadapt_adam
+
+BINDINGS["dadapt_adam"] = Binding(
+    rule="dadapt_adam",
+    target="optax.contrib.dadapt_adamw",
+    hyper={"beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay", "d0": "estim_lr0"},
+    variants={
+        # optax/contrib/_dadapt_adamw.py:107: bc always applied (bias_correction=off: impls/deviations.toml)
+        "bias_correction": {"on": Support()},
+        # :132 decoupled weight_decay * dlr * p; coupled: chain(add_decayed_weights, dadapt_adamw) (:63-64)
+        "decay": {"coupled": Support({"coupled": True}), "decoupled": Support({"coupled": False})},
+        # :130 estim_lr = max(estim_lr, d_estimate): no growth clamp
+        "growth": {"unbounded": Support()},
+    },
+    state={
+        "m": Slot("exp_avg"),
+        "v": Slot("exp_avg_sq"),
+        "s": Slot("grad_sum"),
+        "d": Slot("estim_lr", rule=True),
+        "r": Slot("numerator_weighted", rule=True),
+    },
+)
