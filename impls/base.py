@@ -123,6 +123,8 @@ class Slot:
 
     key: str
     sign: float = 1.0
+    #: a rule-scope slot (``scope = "rule"``): one scalar in the library's state, compared for every tensor
+    rule: bool = False
 
 
 @dataclass(frozen=True)

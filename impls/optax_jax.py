@@ -831,7 +831,10 @@ class _Run:
             snapshot = [{"theta": np.asarray(p, dtype=np.float64)} for p in params]
             for slot, where in self.slots.items():
                 value = find_state_field(state, where.key)
-                if isinstance(value, (list, tuple)) and len(value) == len(params):
+                if where.rule and value is not None and np.ndim(value) == 0:
+                    for index in range(len(params)):
+                        snapshot[index][slot] = where.sign * np.asarray(value, dtype=np.float64)
+                elif isinstance(value, (list, tuple)) and len(value) == len(params):
                     for index, item in enumerate(value):
                         snapshot[index][slot] = where.sign * np.asarray(item, dtype=np.float64)
             self.trajectory[t] = snapshot
@@ -1086,4 +1089,112 @@ BINDINGS["adafactor"] = Binding(
         "decay": {"unscaled": Support({"weight_decay_rate": "$weight_decay"})},  # alias.py:320-325
     },
     state={},
+)
+
+
+def prodigy(
+    learning_rate: Schedule,
+    betas: tuple[float, float],
+    beta3: float,
+    eps: float,
+    estim_lr0: float,
+    estim_lr_coef: float,
+    weight_decay: float,
+    safeguard_warmup: bool,
+    coupled: bool,
+) -> Any:
+    """optax.contrib.prodigy (optax/contrib/_prodigy.py:45-173); coupled decay is
+    chain(add_decayed_weights, prodigy), as its docstring says (:73-74)."""
+    import optax
+    import optax.contrib
+
+    def core(decay: float) -> Any:
+        return optax.contrib.prodigy(
+            learning_rate,
+            betas=tuple(betas),
+            beta3=beta3,
+            eps=eps,
+            estim_lr0=estim_lr0,
+            estim_lr_coef=estim_lr_coef,
+            weight_decay=decay,
+            safeguard_warmup=safeguard_warmup,
+        )
+
+    return optax.chain(optax.add_decayed_weights(weight_decay), core(0.0)) if coupled else core(weight_decay)
+
+
+FACTORIES["prodigy"] = prodigy
+
+BINDINGS["prodigy"] = Binding(
+    rule="prodigy",
+    target="optax.contrib.prodigy",
+    hyper={
+        "beta1": "betas[0]",
+        "beta2": "betas[1]",
+        "beta3": "beta3",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "d0": "estim_lr0",
+        "d_coef": "estim_lr_coef",
+    },
+    variants={
+        # optax/contrib/_prodigy.py:129: bc is always applied (bias_correction=off: impls/deviations.toml)
+        "bias_correction": {"on": Support()},
+        # :156 decoupled weight_decay * dlr * p; coupled: chain(add_decayed_weights, prodigy) (:73-74)
+        "decay": {"decoupled": Support({"coupled": False}), "coupled": Support({"coupled": True})},
+        # :154 estim_lr = max(estim_lr, lr_estimate): no growth clamp
+        "growth": {"unbounded": Support()},
+        "safeguard_warmup": {"off": Support({"safeguard_warmup": False}), "on": Support({"safeguard_warmup": True})},
+    },
+    state={
+        "m": Slot("exp_avg"),
+        "v": Slot("exp_avg_sq"),
+        "s": Slot("grad_sum"),
+        "x0": Slot("params0"),
+        "d": Slot("estim_lr", rule=True),
+        "r": Slot("numerator_weighted", rule=True),
+    },
+)
+
+
+def dadapt_adam(
+    learning_rate: Schedule,
+    betas: tuple[float, float],
+    eps: float,
+    estim_lr0: float,
+    weight_decay: float,
+    coupled: bool,
+) -> Any:
+    """optax.contrib.dadapt_adamw (optax/contrib/_dadapt_adamw.py:42-147); coupled decay is
+    chain(add_decayed_weights, dadapt_adamw), as its docstring says (:63-64)."""
+    import optax
+    import optax.contrib
+
+    def core(decay: float) -> Any:
+        return optax.contrib.dadapt_adamw(learning_rate, betas=tuple(betas), eps=eps, estim_lr0=estim_lr0, weight_decay=decay)
+
+    return optax.chain(optax.add_decayed_weights(weight_decay), core(0.0)) if coupled else core(weight_decay)
+
+
+FACTORIES["dadapt_adam"] = dadapt_adam
+
+BINDINGS["dadapt_adam"] = Binding(
+    rule="dadapt_adam",
+    target="optax.contrib.dadapt_adamw",
+    hyper={"beta1": "betas[0]", "beta2": "betas[1]", "eps": "eps", "weight_decay": "weight_decay", "d0": "estim_lr0"},
+    variants={
+        # optax/contrib/_dadapt_adamw.py:107: bc always applied (bias_correction=off: impls/deviations.toml)
+        "bias_correction": {"on": Support()},
+        # :132 decoupled weight_decay * dlr * p; coupled: chain(add_decayed_weights, dadapt_adamw) (:63-64)
+        "decay": {"coupled": Support({"coupled": True}), "decoupled": Support({"coupled": False})},
+        # :130 estim_lr = max(estim_lr, d_estimate): no growth clamp
+        "growth": {"unbounded": Support()},
+    },
+    state={
+        "m": Slot("exp_avg"),
+        "v": Slot("exp_avg_sq"),
+        "s": Slot("grad_sum"),
+        "d": Slot("estim_lr", rule=True),
+        "r": Slot("numerator_weighted", rule=True),
+    },
 )

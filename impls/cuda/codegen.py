@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from optspec.errors import OptspecError
 from optspec.expr import (
     AXIS_REDUCTIONS,
+    GLOBAL_REDUCTIONS,
     MATRIX_FUNCTIONS,
     REDUCTIONS,
     ROUNDING_FUNCTIONS,
@@ -76,7 +77,15 @@ _NO_KERNEL = {
     },
     **{f: "a shape query needs the tensor's shape (the kernels see a flat element range)" for f in SHAPE_QUERIES},
     **{f: "explicit bfloat16 rounding has no C++ translation yet" for f in ROUNDING_FUNCTIONS},
+    **{
+        f: "a reduction across every tensor of a step needs a grid-wide pass between kernels (kernels reduce per tensor only)"
+        for f in GLOBAL_REDUCTIONS
+    },
 }
+#: Why a rule-scope state slot has no kernel.
+_NO_KERNEL_RULE_SLOT = (
+    "one scalar for the whole rule, carried across steps on the device (the kernels keep per-tensor state only)"
+)
 
 
 def no_kernel_reason(rule: ResolvedRule) -> str | None:
@@ -88,6 +97,8 @@ def no_kernel_reason(rule: ResolvedRule) -> str | None:
         for node in walk(expr):
             if isinstance(node, Call) and node.func in _NO_KERNEL:
                 return f"rule {rule.spec.name!r}: {node.func}() in {where}: {_NO_KERNEL[node.func]}"
+    for name in rule.rule_slots:
+        return f'rule {rule.spec.name!r}: state {name!r} has scope "rule": {_NO_KERNEL_RULE_SLOT}'
     return None
 
 

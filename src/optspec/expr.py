@@ -25,6 +25,9 @@ function                        arity    meaning
                                          identity where that axis does not exist
 ``round_bf16(x)``               1        round to the nearest bfloat16 (8-bit significand,
                                          ties to even), kept in the evaluation's type
+``sum_all(x)``                  1        a reduction across every tensor of the step:
+                                         sum over tensors i of sum(x_i) (of x_i itself for a
+                                         per-tensor scalar); the same scalar for every tensor
 ==============================  =======  ==================================================
 
 An equation ``[label:] repeat N: eq1; eq2; ...`` is a fixed-count loop: its body (plain
@@ -60,6 +63,9 @@ SHAPE_QUERIES = frozenset({"rows", "cols"})
 AXIS_REDUCTIONS = frozenset({"row_mean", "col_mean"})
 #: Explicit rounding to a narrower format, whatever the evaluation's precision.
 ROUNDING_FUNCTIONS = frozenset({"round_bf16"})
+#: Reductions across every tensor of a step (Prodigy's and D-Adaptation's sums): the evaluators
+#: compute the argument for every tensor before the equation that reads the total.
+GLOBAL_REDUCTIONS = frozenset({"sum_all"})
 #: Every function whose evaluation needs the tensor's shape (not only its elements).
 SHAPED_FUNCTIONS = MATRIX_FUNCTIONS | SHAPE_QUERIES | AXIS_REDUCTIONS
 #: Functions of two per-tensor scalars.
@@ -70,7 +76,10 @@ ELEMENTWISE_BINARY_FUNCTIONS = frozenset({"maximum", "minimum"})
 FUNCTION_ARITY: dict[str, int] = {
     "where": 3,
     "matmul": 2,
-    **{name: 1 for name in UNARY_FUNCTIONS | REDUCTIONS | SHAPE_QUERIES | AXIS_REDUCTIONS | ROUNDING_FUNCTIONS},
+    **{
+        name: 1
+        for name in UNARY_FUNCTIONS | REDUCTIONS | SHAPE_QUERIES | AXIS_REDUCTIONS | ROUNDING_FUNCTIONS | GLOBAL_REDUCTIONS
+    },
     "transpose": 1,
     **{name: 2 for name in SCALAR_BINARY_FUNCTIONS | ELEMENTWISE_BINARY_FUNCTIONS},
 }

@@ -94,6 +94,8 @@ class GoldenTest:
     atol: Mapping[str, Mapping[int, list[dict[str, float]]]]
     #: {"name", "variant", "hyper"} of the schedule spec that drives the lr, or None
     schedule: Mapping[str, Any] | None = None
+    #: slots of scope "rule" (one scalar for the whole step, stored with every tensor)
+    rule_slots: tuple[str, ...] = ()
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -144,7 +146,7 @@ def generate_many(
     """
     if importlib.util.find_spec("ml_dtypes") is None:
         raise GoldenError("optspec golden: the bfloat16 budgets need ml_dtypes (pip install 'optspec[torch]')")
-    jobs: list[tuple[Spec, dict[str, str], Any, Any]] = []
+    jobs: list[tuple[Spec, dict[str, str], Any, Any, tuple[str, ...]]] = []
     measurements: list[tuple[Any, ...]] = []
     for spec in specs:
         inputs = {case.id: make_inputs(spec, case) for case in spec.cases}
@@ -156,11 +158,13 @@ def generate_many(
                 ref64 = run_reference(rule, hyper, inputs[case.id], FLOAT64, range(1, case.steps + 1))
                 name = test_name(spec, variant, case.id)
                 _check_finite(spec, name, ref64, "the float64 reference")
-                jobs.append((spec, dict(variant), case, inputs[case.id]))
+                jobs.append((spec, dict(variant), case, inputs[case.id], rule.rule_slots))
                 measurements.append((rule, hyper, inputs[case.id], record, RULE_PROFILES, name, ref64))
     mapped = pool.map(_measure, measurements, chunksize=4) if pool is not None else map(_measure, measurements)
     tests: dict[str, list[GoldenTest]] = {spec.name: [] for spec in specs}
-    for (spec, variant, case, case_inputs), (_, hyper, _, record, _, name, ref64), atol in zip(jobs, measurements, mapped):
+    for (spec, variant, case, case_inputs, rule_slots), (_, hyper, _, record, _, name, ref64), atol in zip(
+        jobs, measurements, mapped
+    ):
         atol = _without_half_overflow(atol)
         if on_test is not None:
             on_test(spec.name)
@@ -196,6 +200,7 @@ def generate_many(
                 expected={step: ref64[step] for step in record},
                 atol=atol,
                 schedule=None if case.schedule is None else case.schedule.as_json(),
+                rule_slots=rule_slots,
             )
         )
     return [GoldenFile(spec.name, spec.sha256, tuple(tests[spec.name]), f"conformance/golden/{spec.name}.json") for spec in specs]
@@ -273,6 +278,8 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
         )
         if test.schedule is not None:
             group["schedule"] = dict(test.schedule)
+        if test.rule_slots:
+            group["ruleSlots"] = list(test.rule_slots)
         group["tests"].append(
             {
                 "tcId": test.tc_id,
@@ -366,6 +373,10 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
                 )
                 case_inputs = dataclasses.replace(case_inputs, schedule=ref)
             slots = list(group["slots"])
+            rule_slots = tuple(group.get("ruleSlots", ()))
+            stray = [slot for slot in rule_slots if slot not in slots]
+            if stray:
+                raise GoldenError(f"{where}: rule slot {quoted(stray[0])} is not one of the group's slots")
             count = len(case_inputs.params)
             expected: Trajectory = {}
             # A 16-bit profile is absent when the spec overflows in it (or the file predates it).
@@ -391,6 +402,7 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
                     atol[profile][step] = [
                         {slot: float(record["atol"][profile][slot][i]) for slot in slots} for i in range(count)
                     ]
+                _check_rule_slots(expected[step], atol, step, rule_slots, f"{where} step {step}")
             tests.append(
                 GoldenTest(
                     tc_id=int(item["tcId"]),
@@ -406,9 +418,28 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
                     expected=expected,
                     atol=atol,
                     schedule=schedule,
+                    rule_slots=rule_slots,
                 )
             )
     return GoldenFile(doc["rule"], doc["spec"]["sha256"], tuple(tests), shown)
+
+
+def _check_rule_slots(
+    values: list[dict[str, np.ndarray]],
+    atol: Mapping[str, Mapping[int, list[dict[str, float]]]],
+    step: int,
+    rule_slots: Sequence[str],
+    where: str,
+) -> None:
+    """A rule-scope slot is one scalar: every tensor's entry (value and budget) is the same."""
+    for slot in rule_slots:
+        first = values[0][slot] if values else None
+        if any(v[slot].shape != () or v[slot] != first for v in values):
+            raise GoldenError(f"{where}: rule slot {quoted(slot)} must be one scalar, the same for every tensor")
+        for profile, per_step in atol.items():
+            budgets = {t[slot] for t in per_step[step]}
+            if len(budgets) > 1:
+                raise GoldenError(f"{where}: rule slot {quoted(slot)} has different {profile} budgets for different tensors")
 
 
 def _check_slots(table: Mapping[str, Any], slots: list[str], count: int, where: str) -> None:

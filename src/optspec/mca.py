@@ -55,6 +55,13 @@ no wider than binary32 (torch's bfloat16 matmul, addmm and norm accumulate in bi
 when the parameters are binary64), so the float64 profile of a bfloat16 Newton-Schulz gets
 the spread a binary32 accumulator causes.
 
+A reduction across tensors, ``sum_all(x)``, needs every tensor of a step side by side, which the
+flat layout has: each tensor's sum of a tensor-valued x is one site of weight 1 + log2 n_i in the
+tensor format (as ``sum``), and the total over the T tensors one more, of weight 1 + log2 T, in
+the scalar format (none for T = 1); the result is the same for every tensor, shape (members, 1).
+A rule-scope slot is kept at that shape too. The spec layer refuses these constructs together
+with matrix constructs (which the ensemble runs tensor by tensor).
+
 Each member of an ensemble may have its own unit roundoffs, so that one pass evaluates
 several profiles (the torch-like ``float32`` and JAX-like ``float32_scalar32`` members
 share a binary64 carrier). The ensemble is seeded: the same rule, case and seed give the
@@ -72,6 +79,7 @@ import numpy as np
 
 from optspec.expr import (
     AXIS_REDUCTIONS,
+    GLOBAL_REDUCTIONS,
     REDUCTIONS,
     ROUNDING_FUNCTIONS,
     SHAPE_QUERIES,
@@ -402,6 +410,8 @@ class _EnsembleCompiler:
             out: Fn = lambda env: op(a(env), b(env))  # noqa: E731
             return (self._round(out, kind) if expr.op in ROUNDING_OPERATORS else out), kind
         assert isinstance(expr, Call)
+        if expr.func in GLOBAL_REDUCTIONS:
+            return self._sum_all(expr)
         if expr.func in REDUCTIONS:
             return self._reduce(expr)
         if expr.func in SHAPED_FUNCTIONS or expr.func in ROUNDING_FUNCTIONS:
@@ -491,6 +501,29 @@ class _EnsembleCompiler:
 
         return matmul, "tensor"
 
+    def _sum_all(self, expr: Call) -> tuple[Fn, str]:
+        """sum over tensors of sum(x_i): per-tensor sums (tensor format), then their total (scalar format)."""
+        arg, kind = self.compile(expr.args[0])
+        layout, perturb = self.layout, self.perturb
+        if isinstance(layout, ShapedLayout):
+            raise ValueError("sum_all() needs every tensor side by side; the spec layer refuses it with matrix constructs")
+        inner_site, outer_site = self._site(), self._site()
+        count = layout.count
+        inner = (1.0 + np.log2(np.maximum(layout.sizes, 1))).astype(self.carrier)[None, :]
+        outer = 1.0 + math.log2(count) if count > 1 else 0.0
+
+        def total(env: Env) -> Any:
+            x = np.asarray(arg(env))
+            if kind == "tensor":
+                per = perturb(layout.reduce("sum", x), "tensor", inner_site, False, inner)
+            else:
+                lead = x.shape[0] if x.ndim == 2 else 1
+                per = np.broadcast_to(x if x.ndim == 2 else x.reshape(1, 1), (lead, count))
+            out = np.sum(per, axis=1, keepdims=True)
+            return perturb(out, "scalar", outer_site, True, outer) if outer else out
+
+        return total, "scalar"
+
     def _reduce(self, expr: Call) -> tuple[Fn, str]:
         arg, kind = self.compile(expr.args[0])
         func, layout, site, perturb = expr.func, self.layout, self._site(), self.perturb
@@ -555,7 +588,7 @@ def run_ensemble(
     flat = np.concatenate([np.asarray(p, dtype=carrier).reshape(-1) for p in inputs.params])
     grads = np.concatenate([np.asarray(g, dtype=carrier).reshape(inputs.steps, -1) for g in inputs.grads], axis=1)
     slices = ensemble.slices()
-    kinds = {name: slot.kind for name, slot in rule.state.items()}
+    kinds = {name: "rule" if slot.scope == "rule" else slot.kind for name, slot in rule.state.items()}
     spread: Spread = {}
     exact: dict[int, list[dict[str, np.ndarray]]] = {}
     theta = np.broadcast_to(flat, (size, flat.size)).copy()
@@ -599,6 +632,8 @@ def _record(
     spread: list[dict[str, dict[str, float]]] = [{} for _ in layout.shapes]
     exact: list[dict[str, np.ndarray]] = [{} for _ in layout.shapes]
     for slot, value in values.items():
+        if kinds[slot] == "rule":  # one value for every tensor: recorded with each tensor, like a per-tensor scalar
+            value = np.broadcast_to(value, (value.shape[0], layout.count))
         diff = np.abs(value - value[0:1])
         tensor = kinds[slot] == "tensor"
         per_member = layout.reduce("max_abs", diff) if tensor else diff
@@ -618,7 +653,9 @@ def _record(
 
 def _as_slot(value: Any, kind: str, layout: Layout, size: int, carrier: type[np.floating[Any]]) -> np.ndarray:
     x = np.asarray(value, dtype=carrier)
-    if kind == "scalar":
+    if kind == "rule":
+        target = (size, 1)
+    elif kind == "scalar":
         target = (size, layout.count)
     else:
         target = (size, int(layout.offsets[-1]))

@@ -4,6 +4,14 @@ There is no per-rule code here. Equations are compiled once into closures over n
 each step binds ``theta``, ``grad``, ``t``, ``lr`` (eta_t = eta * s_t), ``lr_multiplier``
 (s_t), the hyperparameters and the state slots, and runs the equations in order.
 
+The loop is step-major: at each step every equation runs for every tensor before the next
+equation, so that a reduction across tensors, ``sum_all(x)``, sees x of every tensor at that
+point of the step (the argument is evaluated per tensor, each tensor's sum is taken in the
+argument's type as ``sum`` does, and the total is accumulated tensor by tensor in the scalar
+type). A rule-scope slot (``scope = "rule"``) is one scalar, computed once per step and
+given to every tensor. Each tensor's own arithmetic is what a tensor-by-tensor loop does, so
+rules without these constructs get the same values bit for bit.
+
 A :class:`Precision` says in which floating-point type tensor arithmetic and per-tensor
 scalar arithmetic (hyperparameters, ``t``, bias corrections, reductions) are done:
 
@@ -24,17 +32,31 @@ variant amplify.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from optspec.expr import AXIS_REDUCTIONS, MATRIX_FUNCTIONS, REDUCTIONS, SHAPE_QUERIES, Binary, Call, Expr, Name, Num, Unary
+from optspec.expr import (
+    AXIS_REDUCTIONS,
+    GLOBAL_REDUCTIONS,
+    MATRIX_FUNCTIONS,
+    REDUCTIONS,
+    SHAPE_QUERIES,
+    Binary,
+    Call,
+    Expr,
+    Name,
+    Num,
+    Unary,
+)
 from optspec.spec import ResolvedRule, StateSlot
 
 Value = Any  # a numpy array (tensor kind) or a numpy scalar (scalar kind)
 Env = dict[str, Value]
 Fn = Callable[[Env], Value]
+#: a hoisted ``sum_all(x)``: the env key its total is bound to, x's closure and the type x is summed in
+Hoisted = tuple[str, Fn, type[np.floating[Any]]]
 
 
 @dataclass(frozen=True)
@@ -178,6 +200,8 @@ class _Compiler:
     def __init__(self, kinds: Mapping[str, str], precision: Precision, constants: frozenset[str] = frozenset()) -> None:
         self.kinds = {name: ("const" if name in constants else kind) for name, kind in kinds.items()}
         self.p = precision
+        #: the sum_all() calls of the compiled expression, inner first (see :meth:`CompiledRule.step_all`)
+        self.hoisted: list[Hoisted] = []
 
     def dtype(self, kind: str) -> type[np.floating[Any]]:
         return {"const": np.float64, "scalar": self.p.scalar, "tensor": self.p.tensor}[kind]
@@ -197,6 +221,11 @@ class _Compiler:
         if isinstance(expr, Binary):
             return self._apply(_BINARY[expr.op], [expr.left, expr.right])
         assert isinstance(expr, Call)
+        if expr.func in GLOBAL_REDUCTIONS:
+            arg, kind = self.compile(expr.args[0])
+            key = f"{expr.func}#{id(expr)}#{len(self.hoisted)}"
+            self.hoisted.append((key, arg, self.dtype(kind)))
+            return (lambda env: env[key]), "scalar"
         if expr.func in REDUCTIONS:
             arg, kind = self.compile(expr.args[0])
             reduce = _REDUCE[expr.func]
@@ -289,6 +318,8 @@ class CompiledRule:
     precision: Precision
     steps: list[tuple[str, Fn]]
     inits: list[tuple[str, Fn, str]]
+    #: per equation, its sum_all() calls (empty for most rules)
+    hoisted: list[list[Hoisted]] = field(default_factory=list)
 
     @classmethod
     def build(cls, rule: ResolvedRule, precision: Precision, store32: Collection[str] = ()) -> CompiledRule:
@@ -302,15 +333,18 @@ class CompiledRule:
         # Kinds of locals change along the step; recompile each equation with the kinds
         # in force at that point.
         steps: list[tuple[str, Fn]] = []
+        hoisted: list[list[Hoisted]] = []
         flow: dict[str, str] = {n: k for n, k in kinds.items() if n not in rule.writes or n in rule.state or n == "theta"}
         for loc in rule.equations:
             target = loc.equation.target
             compiler_class = _Binary32Compiler if target in store32 else _Compiler
-            fn, kind = compiler_class(flow, precision, constants).compile(loc.equation.expr)
+            equation_compiler = compiler_class(flow, precision, constants)
+            fn, kind = equation_compiler.compile(loc.equation.expr)
             if target not in rule.state and target != "theta":
                 flow[target] = kind
             steps.append((target, _store(fn, kind, target, rule, precision)))
-        return cls(rule, precision, steps, inits)
+            hoisted.append(equation_compiler.hoisted)
+        return cls(rule, precision, steps, inits, hoisted)
 
     def init_state(self, theta: np.ndarray, hyper: Mapping[str, Value]) -> dict[str, Value]:
         env: Env = {**hyper, "theta": theta}
@@ -325,9 +359,33 @@ class CompiledRule:
         return state
 
     def step(self, env: Env) -> None:
+        """One step of one tensor (a rule without sum_all() or rule-scope slots)."""
         with np.errstate(all="ignore"):
             for target, fn in self.steps:
                 env[target] = fn(env)
+
+    def step_all(self, envs: Sequence[Env]) -> None:
+        """One step of every tensor, equation by equation: each sum_all() total is computed over
+        every tensor's env before the equation that reads it, and a rule-scope slot is computed
+        once (its expression is the same for every tensor) and given to every env."""
+        scalar = self.precision.scalar
+        rule_slots = frozenset(self.rule.rule_slots)
+        hoisted = self.hoisted or [[] for _ in self.steps]
+        with np.errstate(all="ignore"):
+            for (target, fn), reductions in zip(self.steps, hoisted):
+                for key, arg, as_type in reductions:
+                    total = scalar(0)
+                    for env in envs:
+                        total = scalar(total + scalar(np.sum(np.asarray(arg(env), dtype=as_type))))
+                    for env in envs:
+                        env[key] = total
+                if target in rule_slots:
+                    value = fn(envs[0])
+                    for env in envs:
+                        env[target] = value
+                else:
+                    for env in envs:
+                        env[target] = fn(env)
 
 
 def _store(fn: Fn, kind: str, target: str, rule: ResolvedRule, precision: Precision) -> Fn:
@@ -414,15 +472,16 @@ def run_reference(
     trajectory: Trajectory = {step: [] for step in sorted(wanted)}
     base_lr = scalar(hyper["lr"])
     global_norms = _global_grad_norms(inputs, precision)
-    for index, (param, grads) in enumerate(zip(inputs.params, inputs.grads)):
-        theta = np.asarray(param, dtype=tensor).copy()
-        state = compiled.init_state(theta, hyper_values)
-        for t in range(1, inputs.steps + 1):
-            multiplier = scalar(inputs.lr_multipliers[t - 1])
-            env: Env = {
+    # Step-major (see the module docstring): every tensor's env at step t, then the equations.
+    thetas = [np.asarray(param, dtype=tensor).copy() for param in inputs.params]
+    states = [compiled.init_state(theta, hyper_values) for theta in thetas]
+    for t in range(1, inputs.steps + 1):
+        multiplier = scalar(inputs.lr_multipliers[t - 1])
+        envs: list[Env] = [
+            {
                 **hyper_values,
-                **state,
-                "theta": theta,
+                **states[index],
+                "theta": thetas[index],
                 "grad": np.asarray(grads[t - 1], dtype=tensor),
                 "t": scalar(t),
                 "lr": scalar(base_lr * multiplier),
@@ -430,13 +489,15 @@ def run_reference(
                 "global_grad_norm": global_norms[t - 1],
                 "ndim": scalar(np.ndim(param)),
             }
-            compiled.step(env)
-            theta = env["theta"]
-            state = {name: env[name] for name in rule.state}
+            for index, (param, grads) in enumerate(zip(inputs.params, inputs.grads))
+        ]
+        compiled.step_all(envs)
+        for index, env in enumerate(envs):
+            thetas[index] = env["theta"]
+            states[index] = {name: env[name] for name in rule.state}
             if t in wanted:
-                snapshot = {"theta": np.array(theta, dtype=np.float64)}
-                for name, value in state.items():
+                snapshot = {"theta": np.array(thetas[index], dtype=np.float64)}
+                for name, value in states[index].items():
                     snapshot[name] = np.array(value, dtype=np.float64)
                 trajectory[t].append(snapshot)
-        del index
     return trajectory

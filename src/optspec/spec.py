@@ -17,13 +17,18 @@ Names available to every equation:
 * ``global_grad_norm`` — sqrt(sum over every tensor of sum(g^2)) at this step, the norm of
   all the case's gradients together (global gradient clipping); ``ndim`` — the number of
   dimensions of this tensor (0 for a scalar; per-tensor exclusions such as ndim > 1);
-* the state slots (read the value left by the previous step, write the new one);
+* the state slots (read the value left by the previous step, write the new one); a slot
+  declared ``scope = "rule"`` is one scalar for the whole rule (Prodigy's d), carried across
+  steps, and its equations may read only values that are the same for every tensor
+  (hyperparameters, ``t``, ``lr``, rule-scope slots, ``sum_all(...)`` totals and locals made of them);
 * locals, which live for one step and must be written before they are read.
+
+``sum_all(x)`` is a reduction across every tensor of the step (see :mod:`optspec.expr`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from importlib import resources
@@ -53,15 +58,18 @@ from optspec.declarations import (  # noqa: F401
 from optspec.errors import ExprError, SpecError
 from optspec.expr import (
     AXIS_REDUCTIONS,
+    GLOBAL_REDUCTIONS,
     MATRIX_FUNCTIONS,
     REDUCTIONS,
     SCALAR_BINARY_FUNCTIONS,
     SHAPE_QUERIES,
+    SHAPED_FUNCTIONS,
     Call,
     Equation,
     Expr,
     Name,
     Num,
+    children,
     fold,
     names_in,
     parse_equation,
@@ -69,10 +77,12 @@ from optspec.expr import (
     rename_names,
     to_source,
     unroll,
+    walk,
 )
 from optspec.schedule_spec import ScheduleRef, schedule_ref
 
 Kind = Literal["tensor", "scalar"]
+Scope = Literal["tensor", "rule"]
 
 #: Names bound by the engine at every step, and their kinds.
 BUILTIN_NAMES: dict[str, Kind] = {
@@ -115,6 +125,8 @@ class StateSlot:
     init_text: str | None
     kind: Kind
     doc: str
+    #: "tensor": one value (or tensor) per parameter tensor; "rule": one scalar for the whole rule
+    scope: Scope = "tensor"
 
 
 @dataclass(frozen=True)
@@ -219,6 +231,20 @@ class ResolvedRule:
     @cached_property
     def writes(self) -> frozenset[str]:
         return frozenset(loc.equation.target for loc in self.equations)
+
+    @cached_property
+    def rule_slots(self) -> tuple[str, ...]:
+        """The state slots declared ``scope = "rule"``: one scalar for every tensor of a step."""
+        return tuple(name for name, slot in self.state.items() if slot.scope == "rule")
+
+    @cached_property
+    def couples_tensors(self) -> bool:
+        """Whether a step needs every tensor side by side: a ``sum_all`` or a rule-scope slot."""
+        return bool(self.rule_slots) or any(
+            isinstance(node, Call) and node.func in GLOBAL_REDUCTIONS
+            for loc in self.equations
+            for node in walk(loc.equation.expr)
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -360,6 +386,7 @@ def _compose(
                 slot.init_text,
                 slot.kind,
                 slot.doc,
+                slot.scope,
             )
             for n, slot in resolved.state.items()
         }
@@ -401,7 +428,11 @@ def _slot(name: str, table: Mapping[str, object], where: str) -> StateSlot:
             init = parse_expr(str(init_text))
         except ExprError as exc:
             raise SpecError(f"{where} init {quoted(str(init_text))}", exc.message, exc.column) from None
-    return StateSlot(name, init, None if init_text is None else str(init_text), table.get("kind", "tensor"), str(table["doc"]))
+    scope = str(table.get("scope", "tensor"))
+    kind = table.get("kind", "scalar" if scope == "rule" else "tensor")
+    if scope == "rule" and kind != "scalar":
+        raise SpecError(where, 'a slot with scope = "rule" is one scalar for the whole rule; its kind must be "scalar"')
+    return StateSlot(name, init, None if init_text is None else str(init_text), kind, str(table["doc"]), scope)  # type: ignore[arg-type]
 
 
 def _cases(spec: Spec, tables: Iterable[Mapping[str, object]]) -> tuple[CaseSpec, ...]:
@@ -535,7 +566,10 @@ def _check_resolved(
             if slot.kind == "scalar" and kind == "tensor":
                 raise SpecError(f"{spec.where}, state {name!r}", "a scalar slot cannot be initialised from a tensor expression")
             init_kinds[name] = kind
+            _check_init_scope(spec, name, slot, state, label)
 
+    # Values that are the same for every tensor of a step: what a rule-scope slot may be made of.
+    uniform = set(spec.hyper) | UNIFORM_BUILTINS | {n for n, s_ in state.items() if s_.scope == "rule"}
     written: set[str] = set()
     assigned_somewhere = {loc.equation.target for loc in equations}
     labels: dict[str, str] = {}
@@ -555,6 +589,16 @@ def _check_resolved(
         target = eq.target
         if target in READ_ONLY_BUILTINS or target in spec.hyper:
             raise SpecError(where, f"{target!r} is read-only and cannot be assigned", 1)
+        per_tensor = [n for n in _names_outside_sum_all(eq.expr) if n.id not in uniform]
+        if target in state and state[target].scope == "rule" and per_tensor:
+            raise SpecError(
+                where,
+                f"rule-scope slot {target!r} is one value for every tensor, but {per_tensor[0].id!r} differs from tensor "
+                "to tensor; reduce it across tensors with sum_all()",
+                per_tensor[0].column,
+            )
+        if target not in state and target != "theta":
+            (uniform.discard if per_tensor else uniform.add)(target)
         if target in state and state[target].kind == "scalar" and kind == "tensor":
             raise SpecError(
                 where, f"state slot {target!r} is a per-tensor scalar; it cannot hold a tensor expression", eq.expr_column
@@ -566,6 +610,7 @@ def _check_resolved(
         written.add(target)
     if not assigns_theta:
         raise SpecError(f"{spec.where}{label}", "the step never assigns theta")
+    _check_coupling(spec, equations, state, label)
     reads = {n.id for loc in equations for n in names_in(loc.equation.expr)}
     reads |= {n.id for s in state.values() if s.init is not None for n in names_in(s.init)}
     for name in state:
@@ -610,6 +655,13 @@ def _infer(
 
     def combine(node: Expr, kinds: list[Kind]) -> Kind:
         if isinstance(node, Call):
+            if node.func in GLOBAL_REDUCTIONS:
+                inner = [n for n in walk(node.args[0]) if isinstance(n, Call) and n.func in GLOBAL_REDUCTIONS]
+                if inner:
+                    raise SpecError(
+                        where, f"{node.func}() cannot be nested; write the inner total to a local first", inner[0].column
+                    )
+                return "scalar"
             if node.func in REDUCTIONS or node.func in SHAPE_QUERIES:
                 return "scalar"
             if (node.func in MATRIX_FUNCTIONS or node.func in AXIS_REDUCTIONS) and "scalar" in kinds:
@@ -623,6 +675,62 @@ def _infer(
         return "tensor" if "tensor" in kinds else "scalar"
 
     return fold(expr, leaf, combine)
+
+
+#: Built-in names that are the same for every tensor of a step.
+UNIFORM_BUILTINS = frozenset({"t", "lr", "lr_multiplier", "global_grad_norm"})
+
+
+def _names_outside_sum_all(expr: Expr) -> list[Name]:
+    """The names an expression reads outside the arguments of sum_all() (inside, they are summed over tensors)."""
+    out: list[Name] = []
+    stack: list[Expr] = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Name):
+            out.append(node)
+        elif not (isinstance(node, Call) and node.func in GLOBAL_REDUCTIONS):
+            stack.extend(reversed(children(node)))
+    return out
+
+
+def _check_init_scope(spec: Spec, name: str, slot: StateSlot, state: Mapping[str, StateSlot], label: str) -> None:
+    """sum_all() is not for initialisers; a rule-scope slot starts from hyperparameters and other rule-scope slots."""
+    assert slot.init is not None
+    where = f"{spec.where}{label}, state {name!r} init {quoted(str(slot.init_text))}"
+    for node in walk(slot.init):
+        if isinstance(node, Call) and node.func in GLOBAL_REDUCTIONS:
+            raise SpecError(
+                where, f"{node.func}() is a reduction across a step's tensors; it is not available in initialisers", node.column
+            )
+    if slot.scope == "rule":
+        for node in names_in(slot.init):
+            if node.id not in spec.hyper and not (node.id in state and state[node.id].scope == "rule"):
+                raise SpecError(
+                    where, f"a rule-scope slot starts from hyperparameters and rule-scope slots, not {node.id!r}", node.column
+                )
+
+
+def _check_coupling(spec: Spec, equations: Sequence[Located], state: Mapping[str, StateSlot], label: str) -> None:
+    """Cross-tensor constructs and matrix constructs do not combine: the error model evaluates a rule
+    with matrix constructs tensor by tensor (each value in its own shape), while sum_all() and
+    rule-scope slots need every tensor of a step side by side."""
+    coupled = [n for n, s_ in state.items() if s_.scope == "rule"]
+    for loc in equations:
+        for node in walk(loc.equation.expr):
+            if isinstance(node, Call) and node.func in GLOBAL_REDUCTIONS:
+                coupled.append(f"{node.func}()")
+    if not coupled:
+        return
+    for loc in equations:
+        for node in walk(loc.equation.expr):
+            if isinstance(node, Call) and node.func in SHAPED_FUNCTIONS:
+                raise SpecError(
+                    f"{loc.where}{label}",
+                    f"{node.func}() cannot be combined with {coupled[0]}: the error model runs a rule with matrix "
+                    "constructs tensor by tensor, and a reduction across tensors needs them side by side",
+                    node.column,
+                )
 
 
 def _check_init_cycles(spec: Spec, state: Mapping[str, StateSlot], label: str) -> None:
