@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if not checks and not schedule_checks:
         raise UsageError("nothing to run for this selection")
     schedule_results: list = []
-    one_thread()  # this process runs the schedules (and with --jobs 1 every check): tiny tensors
+    if schedule_checks or any(i.framework in ("torch", "cuda") for i in impls):
+        one_thread()  # this process runs the schedules (and with --jobs 1 every check): tiny tensors
     with Progress("optspec run", len(checks) + len(schedule_checks), "checks", args.quiet) as progress:
 
         def run_schedules() -> None:  # in this process, while the workers run the rules
