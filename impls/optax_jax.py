@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -765,6 +766,53 @@ def _x64_context(jax: Any) -> Callable[[bool], Any] | None:
     return enable_x64
 
 
+#: ``$OPTSPEC_JAX_CACHE``: the directory of JAX's persistent compilation cache for optspec's runs
+#: (``off`` or an empty value: none); default ``$XDG_CACHE_HOME/optspec/jax`` (``~/.cache/optspec/jax``).
+CACHE_ENV = "OPTSPEC_JAX_CACHE"
+
+
+def compilation_cache_dir() -> str | None:
+    """Where :func:`use_compilation_cache` keeps compiled programs (None: nowhere)."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else value
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "optspec", "jax")
+
+
+@cache
+def use_compilation_cache() -> str | None:
+    """Switch on JAX's persistent compilation cache (once per process); the directory, or None.
+
+    The cache stores XLA's compiled executable under a key of the program (the lowered HLO,
+    its constants included), the compile options and the jax/jaxlib/backend versions, so a
+    program compiled once is loaded on later runs instead of compiled again: the executable
+    is the same, and so is every number it computes. Compilation is most of optax's time in
+    the matrix (a jit compilation per batch of runs). Every entry is kept, however fast its
+    compilation (JAX's default keeps only those over 1 s). A cache directory the user set for
+    JAX (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
+    """
+    import jax
+
+    configured = getattr(jax.config, "jax_compilation_cache_dir", None)
+    if configured:
+        return str(configured)
+    directory = compilation_cache_dir()
+    if directory is None:
+        return None
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    for option, value in (("jax_persistent_cache_min_compile_time_secs", 0.0), ("jax_persistent_cache_min_entry_size_bytes", -1)):
+        try:
+            jax.config.update(option, value)
+        except (AttributeError, KeyError, ValueError):  # an option this jax release does not have
+            pass
+    return directory
+
+
 def x64(enabled: bool) -> Any:
     """``with x64(dtype == "float64"):`` in every supported jax release."""
     import jax
@@ -992,6 +1040,7 @@ class OptaxJit:
         return binding if _has_attribute(binding.target) else None
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:
+        use_compilation_cache()
         with x64(dtype == "float64"):
             tx, slots, inputs, record, what = self._item(plan, inputs, hyper, dtype, record)
             return run_optax_transformation(tx, slots, inputs, dtype, record, what)
@@ -1000,6 +1049,7 @@ class OptaxJit:
         self, jobs: Sequence[tuple[Plan, CaseInputs, Mapping[str, float], str, Sequence[int]]]
     ) -> list[Trajectory | AdapterError]:
         """:meth:`run` of each ``(plan, inputs, hyper, dtype, record)``, the same results, compiled in batches."""
+        use_compilation_cache()
         outcomes: list[Trajectory | AdapterError | None] = [None] * len(jobs)
         for dtype in dict.fromkeys(job[3] for job in jobs):
             with x64(dtype == "float64"):

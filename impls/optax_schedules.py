@@ -16,7 +16,7 @@ import numpy as np
 
 from optspec.errors import AdapterError
 from optspec.impls.base import Requirement
-from optspec.impls.optax_jax import jax_unavailable, x64
+from optspec.impls.optax_jax import jax_unavailable, use_compilation_cache, x64
 from optspec.impls.schedule_base import ScheduleBinding, ScheduleRun, implemented_variant, int_hyper
 from optspec.schedules import ScheduleTest
 
@@ -213,6 +213,7 @@ class OptaxSchedule:
         import jax
         import jax.numpy as jnp
 
+        use_compilation_cache()
         with x64(dtype == "float64"):
             jdtype = jnp.float64 if dtype == "float64" else jnp.float32
             try:

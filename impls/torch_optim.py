@@ -321,12 +321,15 @@ def run_torch_optimizer(
             scheduler = build_torch_scheduler(optimizer, inputs.schedule.name, inputs.schedule.variant, inputs.schedule.hyper)
         except AdapterError as exc:
             raise AdapterError(f"{what}: {exc}") from None
+    # every step's gradients converted at once (the same elementwise rounding as one step at a
+    # time); step t's gradient is row t - 1, a tensor of its own storage region
+    all_grads = [torch.tensor(grads, dtype=torch_dtype, device=device) for grads in inputs.grads]
     for t in range(1, inputs.steps + 1):
         for group in optimizer.param_groups:
             if scheduler is None:
                 group["lr"] = base_lr * float(inputs.lr_multipliers[t - 1])
-        for param, grads in zip(params, inputs.grads):
-            param.grad = torch.tensor(grads[t - 1], dtype=torch_dtype, device=device)
+        for param, grads in zip(params, all_grads):
+            param.grad = grads[t - 1]
         try:
             optimizer.step()
             if scheduler is not None:

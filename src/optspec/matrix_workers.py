@@ -10,12 +10,24 @@ process: every run is the same computation, only elsewhere.
 
 Groups start longest first (an estimate: checks times a per-framework weight, jax compiles
 are the slow part), so that the last group to finish is a short one.
+
+Every process of the matrix, the caller's included (:func:`one_thread`), runs torch with one
+intra-op thread: the cases' tensors have at most 24 elements, too few for torch to split, and
+waking a second OpenMP thread for each tiny kernel cost up to 100 times the kernel itself on a
+busy 2-core machine (a 4 x 6 bfloat16 matmul in torch.optim.Muon: 765 us of CPU with 2 threads,
+6 us with one; a fused CPU Adam step of five tensors: 1031 us against 76 us).
+
+The caller's golden files, already read and verified (schema, content hash, spec hash), go to
+each worker once, pickled, when it starts: a worker does not read, validate and decode them
+again (that was about 9 CPU seconds per run, most of it JSON-schema validation).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,6 +50,14 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def one_thread() -> None:
+    """torch in this process with one intra-op thread (see the module docstring); nothing without torch."""
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def run_in_workers(
     checks: Sequence[Check],
     jobs: int,
@@ -50,7 +70,8 @@ def run_in_workers(
 
     With one job, or one group, everything runs in this process. ``meanwhile()`` (other work,
     e.g. the schedule checks) runs in this process while the workers run, or after the checks
-    when there are none.
+    when there are none. The workers get the golden files of ``checks`` (read from
+    ``golden_dir``) as the caller holds them.
     """
     groups = check_groups(checks)
     if jobs <= 1 or len(groups) <= 1:
@@ -74,8 +95,8 @@ def run_in_workers(
     pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(groups)),
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=sys.setrecursionlimit,
-        initargs=(sys.getrecursionlimit(),),
+        initializer=_start_worker,
+        initargs=(sys.getrecursionlimit(), _golden_blob(checks, golden_dir)),
     )
     try:
         futures: dict[Future[Any], int] = {pool.submit(_run_group, tasks[i]): i for i in order}
@@ -108,12 +129,34 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=10)
 
 
+#: In a worker: the caller's golden files by (resolved golden directory, rule), set by :func:`_start_worker`.
+_SHARED: dict[tuple[str, str], Any] = {}
+
+
+def _golden_blob(checks: Sequence[Check], golden_dir: Path) -> bytes:
+    """The golden files of ``checks``, pickled once for every worker."""
+    files = {(str(Path(golden_dir).resolve()), c.spec.name): c.golden for c in checks}
+    return pickle.dumps(files, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _start_worker(recursion_limit: int, goldens: bytes) -> None:
+    sys.setrecursionlimit(recursion_limit)
+    one_thread()
+    _SHARED.update(pickle.loads(goldens))
+
+
 @cache
-def _goldens(spec_dirs: tuple[str, ...], golden_dir: str, rule: str) -> tuple[Any, Any]:
+def _library(spec_dirs: tuple[str, ...]) -> Any:
     from optspec.spec import SpecLibrary
 
-    library = SpecLibrary(extra_dirs=[Path(d) for d in spec_dirs])
-    return library, load_goldens(library, Path(golden_dir), [rule])
+    return SpecLibrary(extra_dirs=[Path(d) for d in spec_dirs])
+
+
+def _goldens(spec_dirs: tuple[str, ...], golden_dir: str, rule: str) -> tuple[Any, Any]:
+    """The spec library and the rule's golden file: the caller's, else read here."""
+    library = _library(spec_dirs)
+    shared = _SHARED.get((golden_dir, rule))
+    return library, ({rule: shared} if shared is not None else load_goldens(library, Path(golden_dir), [rule]))
 
 
 def _run_group(task: tuple[Any, ...]) -> list[CheckResult] | str:

@@ -25,7 +25,7 @@ from optspec.errors import UsageError
 from optspec.golden import default_golden_dir, write_atomic
 from optspec.impls import all_implementations, implementation, sharded_implementations
 from optspec.impls.schedule_base import enumerate_schedule_checks, run_schedule_check
-from optspec.matrix_workers import default_jobs, run_in_workers
+from optspec.matrix_workers import default_jobs, one_thread, run_in_workers
 from optspec.progress import Progress
 
 
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if not checks and not schedule_checks:
         raise UsageError("nothing to run for this selection")
     schedule_results: list = []
+    if schedule_checks or any(i.framework in ("torch", "cuda") for i in impls):
+        one_thread()  # this process runs the schedules (and with --jobs 1 every check): tiny tensors
     with Progress("optspec run", len(checks) + len(schedule_checks), "checks", args.quiet) as progress:
 
         def run_schedules() -> None:  # in this process, while the workers run the rules
