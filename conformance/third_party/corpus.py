@@ -196,7 +196,7 @@ def judge(pair: Pair, exit_code: int, result: Mapping[str, Any] | None, output: 
     failing = _failing_items(result or {})
     for item in pair.failing:
         if item not in failing:
-            problems.append(f"{item} must fail (timm's source says so) but did not")
+            problems.append(f"{item} must fail (the library's source says so) but did not")
     if pair.cases_conform:
         cases = sorted(i for i in failing if ":" in i)
         if cases:
