@@ -55,6 +55,11 @@ no wider than binary32 (torch's bfloat16 matmul, addmm and norm accumulate in bi
 when the parameters are binary64), so the float64 profile of a bfloat16 Newton-Schulz gets
 the spread a binary32 accumulator causes.
 
+A case whose gradients are taken at the point (a quadratic loss, :class:`optspec.reference.Quadratic`)
+gives every member its gradient at its own parameter, h * (theta - c) + n_t, with the difference,
+the product and the sum as tensor sites (:func:`point_gradient`): an error committed at one step
+feeds back through the next gradient, and the spread includes it.
+
 Each member of an ensemble may have its own unit roundoffs, so that one pass evaluates
 several profiles (the torch-like ``float32`` and JAX-like ``float32_scalar32`` members
 share a binary64 carrier). The ensemble is seeded: the same rule, case and seed give the
