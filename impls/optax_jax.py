@@ -1103,16 +1103,20 @@ BINDINGS["adafactor"] = Binding(
 def schedule_free_sgd(
     learning_rate: Schedule, b1: float, weight_decay: float, warmup_steps: float, weight_lr_power: float
 ) -> Any:
-    """optax.contrib.schedule_free_sgd (optax/contrib/_schedule_free.py:224-295); warmup_steps 0 is None (no warmup)."""
+    """optax.contrib.schedule_free_sgd (optax/contrib/_schedule_free.py:224-295); see :func:`_warmup_keyword`."""
     import optax.contrib
 
     return optax.contrib.schedule_free_sgd(
-        learning_rate,
-        warmup_steps=int(warmup_steps) if warmup_steps else None,
-        b1=b1,
-        weight_decay=weight_decay,
-        weight_lr_power=weight_lr_power,
+        learning_rate, b1=b1, weight_decay=weight_decay, weight_lr_power=weight_lr_power, **_warmup_keyword(warmup_steps)
     )
+
+
+def _warmup_keyword(warmup_steps: float) -> dict[str, int]:
+    """``warmup_steps`` as an int when positive, else not passed: its default means no warmup in every
+    release (None in optax 0.2.8, _schedule_free.py:226, tested with `is not None`, :278; 0 in optax 0.2.3,
+    tested with `> 0`), while warmup_steps=0 in optax 0.2.8 would be a schedule that is 0 at every step
+    (optax/schedules/_schedule.py:126-131)."""
+    return {"warmup_steps": int(warmup_steps)} if warmup_steps > 0 else {}
 
 
 def schedule_free_adamw(
@@ -1124,17 +1128,17 @@ def schedule_free_adamw(
     warmup_steps: float,
     weight_lr_power: float,
 ) -> Any:
-    """optax.contrib.schedule_free_adamw (optax/contrib/_schedule_free.py:298-381); warmup_steps 0 is None."""
+    """optax.contrib.schedule_free_adamw (optax/contrib/_schedule_free.py:298-381); see :func:`_warmup_keyword`."""
     import optax.contrib
 
     return optax.contrib.schedule_free_adamw(
         learning_rate,
-        warmup_steps=int(warmup_steps) if warmup_steps else None,
         b1=b1,
         b2=b2,
         eps=eps,
         weight_decay=weight_decay,
         weight_lr_power=weight_lr_power,
+        **_warmup_keyword(warmup_steps),
     )
 
 
