@@ -869,8 +869,19 @@ class _Run:
     #: every step's gradients, converted to the run's dtype by JAX (see :func:`_start`)
     all_grads: list[np.ndarray]
 
-    def grads(self, t: int) -> list[np.ndarray]:
-        return [g[t - 1, ...] for g in self.all_grads]
+    def grads(self, t: int) -> list[Any]:
+        """The gradients of step ``t``: the stored ones, or a quadratic loss's at the current params
+        (h * (p - c) + n_t in the run's dtype, as a training loop's gradient follows its params)."""
+        fixed = [g[t - 1, ...] for g in self.all_grads]
+        loss = self.inputs.quadratic
+        if loss is None:
+            return fixed
+        import jax.numpy as jnp
+
+        return [
+            jnp.asarray(h, dtype=self.jdtype) * (p - jnp.asarray(c, dtype=self.jdtype)) + n
+            for h, c, p, n in zip(loss.curvature, loss.center, self.params, fixed)
+        ]
 
     def advance(self, t: int, params: Any, state: Any) -> None:
         """Take the parameters and state after step ``t``; record them when ``t`` is recorded."""
@@ -1247,4 +1258,89 @@ BINDINGS["dadapt_adam"] = Binding(
         "d": Slot("estim_lr", rule=True),
         "r": Slot("numerator_weighted", rule=True),
     },
+)
+
+
+def schedule_free_sgd(
+    learning_rate: Schedule, b1: float, weight_decay: float, warmup_steps: float, weight_lr_power: float
+) -> Any:
+    """optax.contrib.schedule_free_sgd (optax/contrib/_schedule_free.py:224-295); see :func:`_warmup_keyword`."""
+    import optax.contrib
+
+    return optax.contrib.schedule_free_sgd(
+        learning_rate, b1=b1, weight_decay=weight_decay, weight_lr_power=weight_lr_power, **_warmup_keyword(warmup_steps)
+    )
+
+
+def _warmup_keyword(warmup_steps: float) -> dict[str, int]:
+    """``warmup_steps`` as an int when positive, else not passed: its default means no warmup in every
+    release (None in optax 0.2.8, _schedule_free.py:226, tested with `is not None`, :278; 0 in optax 0.2.3,
+    tested with `> 0`), while warmup_steps=0 in optax 0.2.8 would be a schedule that is 0 at every step
+    (optax/schedules/_schedule.py:126-131)."""
+    return {"warmup_steps": int(warmup_steps)} if warmup_steps > 0 else {}
+
+
+def schedule_free_adamw(
+    learning_rate: Schedule,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    warmup_steps: float,
+    weight_lr_power: float,
+) -> Any:
+    """optax.contrib.schedule_free_adamw (optax/contrib/_schedule_free.py:298-381); see :func:`_warmup_keyword`."""
+    import optax.contrib
+
+    return optax.contrib.schedule_free_adamw(
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        weight_lr_power=weight_lr_power,
+        **_warmup_keyword(warmup_steps),
+    )
+
+
+FACTORIES["schedule_free_sgd"] = schedule_free_sgd
+FACTORIES["schedule_free_adamw"] = schedule_free_adamw
+
+#: optax's weight is max_lr ** weight_lr_power (optax/contrib/_schedule_free.py:171): no polynomial t^r
+_NO_POLYNOMIAL_WEIGHT = Requirement(
+    "r == 0", "optax.contrib.schedule_free weights by max_lr ** weight_lr_power only (_schedule_free.py:171)"
+)
+#: the weight reads learning_rate(step_count), step_count from 1 (:150, :164), the inner step the schedule
+#: from count 0: the warmup=schedule variant; warmup=inside is not expressible
+_OPTAX_WARMUP = {"schedule": Support()}
+
+BINDINGS["schedule_free_sgd"] = Binding(
+    rule="schedule_free_sgd",
+    target="optax.contrib.schedule_free_sgd",
+    hyper={
+        "momentum": "b1",
+        "weight_decay": "weight_decay",
+        "warmup_steps": "warmup_steps",
+        "weight_lr_power": "weight_lr_power",
+    },
+    variants={"warmup": _OPTAX_WARMUP},
+    # ScheduleFreeState.z (:39); weight_sum and max_lr are scalars of the whole tree, not per tensor
+    state={"z": Slot("z")},
+    requires=(_NO_POLYNOMIAL_WEIGHT,),
+)
+BINDINGS["schedule_free_adamw"] = Binding(
+    rule="schedule_free_adamw",
+    target="optax.contrib.schedule_free_adamw",
+    hyper={
+        "beta1": "b1",
+        "beta2": "b2",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "warmup_steps": "warmup_steps",
+        "weight_lr_power": "weight_lr_power",
+    },
+    # scale_by_rms(eps_in_sqrt=False, bias_correction=True) (:369-371), add_decayed_weights at the params (y) (:372)
+    variants={"warmup": _OPTAX_WARMUP, "bias_correction": {"vhat": Support()}, "decay_point": {"y": Support()}},
+    state={"z": Slot("z"), "v": Slot("nu")},
+    requires=(_NO_POLYNOMIAL_WEIGHT,),
 )

@@ -81,6 +81,12 @@ def run_on_devices(
         trajectory: Trajectory = {}
         for t in range(1, inputs.steps + 1):
             grads = [jax.device_put(jnp.asarray(g[t - 1], dtype=jdtype), s) for g, s in zip(inputs.grads, shardings)]
+            if inputs.quadratic is not None:  # the loss's gradient at the (sharded) params, h * (p - c) + n_t
+                loss = inputs.quadratic
+                grads = [
+                    jnp.asarray(h, dtype=jdtype) * (p - jnp.asarray(c, dtype=jdtype)) + g
+                    for h, c, p, g in zip(loss.curvature, loss.center, params, grads)
+                ]
             params, state = step(params, state, grads)
             if t in record:
                 for p, s in zip(params, shardings):

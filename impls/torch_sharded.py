@@ -130,6 +130,8 @@ def run_sharded(layout: str, ref: Any, cwd: str | None, sc: Scenario, schedule: 
         raise TargetUsageError("wrappers (--inner), checkpoints and gradient checks are not run on sharded parameters")
     if layout == "fsdp2" and sc.present is not None:
         raise TargetUsageError("FSDP2 computes every gradient; a step without a gradient cannot be expressed")
+    if sc.quadratic is not None:
+        raise TargetUsageError("gradients taken at the point (the rule's quadratic loss) are not fed to sharded parameters")
     cls = load(ref, cwd)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[sc.dtype]
     me = torch_gang.rank()

@@ -267,3 +267,26 @@ def test_wrapper_that_resets_the_inner_state_fails() -> None:
     momentum = rows(report)[("momentum", "float64")]
     assert momentum.status == "fails" and momentum.failure == "numeric", f"resetting SGD momentum at a sync must fail: {momentum}"
     assert report.exit_code == 1
+
+
+@pytest.mark.slow  # two checks with a variant search: about 70 s on a shared 2-core machine (tox -e slow)
+def test_optax_schedule_free_sgd_verdicts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """optax.contrib.schedule_free_sgd against its own variant (warmup=schedule).
+
+    With warmup_steps = 0 (the spec's "no warmup", which defaults and zero_grad use) optax builds
+    warmup_constant_schedule(0, lr, 0) because it only tests `warmup_steps is not None`
+    (optax/contrib/_schedule_free.py:278-283), and a polynomial schedule with transition_steps <= 0
+    is the constant init_value 0 (optax/schedules/_schedule.py:126-131): the learning rate is 0 and
+    theta never moves, so those cases fail. With a positive warmup in every case the target conforms.
+    """
+    pytest.importorskip("optax")
+    common = ["schedule_free_sgd", "optax.contrib:schedule_free_sgd", "--variant", "warmup=schedule", "--map", "momentum=b1"]
+    path = tmp_path / "zero.json"
+    code, out, _ = run_cli(capsys, *common, "--no-behaviour", "--quiet", "--json", str(path))
+    assert code == 1, f"warmup_steps=0 freezes optax's schedule-free SGD (lr 0); output:\n{out}"
+    doc = json.loads(path.read_text())
+    status = {(c["case"], c["dtype"]): c["status"] for c in doc["cases"]}
+    assert status[("defaults", "float64")] == "fails" and status[("knobs", "float64")] == "conforms", status
+    path = tmp_path / "warm.json"
+    code, out, _ = run_cli(capsys, *common, "--hyper", "warmup_steps=4", "--no-behaviour", "--quiet", "--json", str(path))
+    assert code == 0, f"with warmup in every case optax's schedule-free SGD conforms to warmup=schedule; output:\n{out}"

@@ -59,8 +59,28 @@ def test_every_timm_optimizer_with_a_rule_has_a_pair() -> None:
     assert all(p.target.startswith("timm.") for p in corpus.pairs), "every pair of timm.toml targets timm"
 
 
+SCHEDULEFREE = HERE / "schedulefree.toml"
+
+
+def test_schedulefree_doc_table_is_current() -> None:
+    document = DOC.read_text()
+    corpus = load(SCHEDULEFREE)
+    expected = document_with_table(document, render_table(corpus), corpus.library)
+    assert document == expected, (
+        f"{DOC} does not show the table of {SCHEDULEFREE}: run python -m conformance.third_party.corpus --write {SCHEDULEFREE}"
+    )
+
+
+def test_schedulefree_corpus_covers_its_ruled_optimizers() -> None:
+    corpus = load(SCHEDULEFREE)
+    covered = {p.target.split(":", 1)[1] for p in corpus.pairs}
+    wanted = {"SGDScheduleFree", "AdamWScheduleFree", "AdamWScheduleFreePaper", "AdamWScheduleFreeReference"}
+    assert covered >= wanted, f"schedulefree optimizers with a rule but no pair: {sorted(wanted - covered)}"
+    assert {p.rule for p in corpus.pairs} <= {"schedule_free_sgd", "schedule_free_adamw"}, "pairs claim the Schedule-Free rules"
+
+
 def test_every_pair_cites_file_and_line() -> None:
-    for pair in load(TIMM).pairs:
+    for pair in (*load(TIMM).pairs, *load(SCHEDULEFREE).pairs):
         for line in pair.evidence:
             path = line.split(" ", 1)[0]
             assert ".py:" in path, f"pair {pair.id}: evidence {line!r} does not start with file.py:LINE"

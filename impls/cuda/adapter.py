@@ -35,7 +35,7 @@ from optspec.impls.base import Binding, Plan, Slot, Support
 from optspec.impls.cuda import build
 from optspec.impls.cuda.codegen import GeneratedKernel, generate, no_kernel_reason
 from optspec.impls.cuda.driver import CudaBackend, HostBackend, KernelLibrary, MultiTensorRunner
-from optspec.reference import CaseInputs, Trajectory
+from optspec.reference import CaseInputs, Trajectory, gradient_at
 from optspec.spec import SpecLibrary
 
 _LOCK = threading.Lock()
@@ -101,8 +101,14 @@ def run_inputs(
     wanted = set(record)
     trajectory: Trajectory = {}
     for t in range(1, inputs.steps + 1):
-        for grad, stream in zip(grads, inputs.grads):
-            backend.write(grad, np.asarray(stream[t - 1]).reshape(-1), dtype)
+        # a quadratic loss's gradient is taken at the current parameters (read back, computed in float32)
+        current = runner.snapshot() if inputs.quadratic is not None else None
+        for index, (grad, stream) in enumerate(zip(grads, inputs.grads)):
+            if current is None:
+                backend.write(grad, np.asarray(stream[t - 1]).reshape(-1), dtype)
+            else:
+                point = current[index]["theta"].reshape(shapes[index])
+                backend.write(grad, gradient_at(inputs, index, t, point, np.float32).reshape(-1), dtype)
         multiplier = float(inputs.lr_multipliers[t - 1])
         # the norm of all this step's gradients (global clipping), each tensor's norm then the norm of the norms, in float32
         norms = [np.linalg.norm(np.asarray(stream[t - 1], dtype=np.float32).reshape(-1)) for stream in inputs.grads]

@@ -18,16 +18,23 @@ Initial parameters are N(0, 1), except that the tensors a case lists in ``zero_p
 start at exactly zero (zero-initialised biases, where trust ratios need their guard).
 ``zero`` gives exactly zero gradients. All values are rounded to binary32, so that a
 float32 implementation receives exactly the inputs the float64 reference used.
+
+A rule whose gradients are taken at the point (``gradient = {loss = "quadratic", at = "theta"}``
+in its spec: Schedule-Free, whose stored parameters are y and whose x and z differ from them)
+gets a separable quadratic loss per tensor: the gradient of step t is
+g_t = h * (theta_{t-1} - c) + n_t, with n_t the standard stream above, so that an
+implementation that drifts from the reference is fed other gradients, as in training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
-from optspec.reference import CaseInputs, evaluate_lr_multipliers
+from optspec.reference import CaseInputs, Quadratic, evaluate_lr_multipliers
 from optspec.schedule_reference import schedule_multipliers
 from optspec.spec import CaseSpec, Spec
 
@@ -83,10 +90,36 @@ def _own_shapes(
     return tuple(params), tuple(grads)
 
 
+#: The curvatures h of a quadratic-loss case lie in [CURVATURE_LOW, 1], log-uniformly per element.
+CURVATURE_LOW = 0.05
+
+
+def quadratic_loss(spec: Spec, case: CaseSpec, rng: np.random.Generator) -> Quadratic | None:
+    """The loss of a rule whose gradients are taken at the point (``spec.gradient``), else None.
+
+    Per element, h = 10^U(log10 0.05, 0) and c = N(0, 1), rounded to binary32 and drawn after
+    every other input of the case (so that adding the loss to a spec leaves its parameters and
+    gradient stream as they were). ``zero_grad`` cases keep every gradient exactly zero: no loss.
+    """
+    if spec.gradient != "quadratic" or case.grads == "zero":
+        return None
+    shapes = shapes_of(spec)
+    curvature = tuple(_f32(10.0 ** rng.uniform(np.log10(CURVATURE_LOW), 0.0, size=shape)) for shape in shapes)
+    center = tuple(_f32(rng.standard_normal(shape)) for shape in shapes)
+    return Quadratic(curvature, center)
+
+
 def make_inputs(spec: Spec, case: CaseSpec) -> CaseInputs:
     """The inputs of one case; the seed depends only on the rule and case names."""
-    hyper = spec.hyper_values(case.hyper)
     rng = np.random.default_rng(zlib.crc32(f"{spec.name}/{case.id}".encode()))
+    inputs = _fixed_inputs(spec, case, rng)
+    quadratic = quadratic_loss(spec, case, rng)
+    return inputs if quadratic is None else dataclasses.replace(inputs, quadratic=quadratic)
+
+
+def _fixed_inputs(spec: Spec, case: CaseSpec, rng: np.random.Generator) -> CaseInputs:
+    """Parameters, the gradient stream (the per-step term of a quadratic loss) and s_t."""
+    hyper = spec.hyper_values(case.hyper)
     steps = case.steps
     if spec.shapes is not None:
         params, grads = _own_shapes(spec, case, rng, small_scale(hyper))

@@ -56,7 +56,7 @@ from optspec.golden_format import (  # noqa: F401
     test_name,
     write_atomic,
 )
-from optspec.reference import FLOAT64, CaseInputs, Trajectory, run_reference
+from optspec.reference import FLOAT64, CaseInputs, Quadratic, Trajectory, run_reference
 from optspec.schedule_golden import generate_schedule, schedule_document, schedule_golden_dir, schedule_golden_schema
 from optspec.schedule_spec import ScheduleRef, ScheduleSpec
 from optspec.spec import Spec
@@ -264,6 +264,8 @@ def to_document(golden: GoldenFile, spec: Spec) -> dict[str, Any]:
                 "grads": [encode_array(g) for g in test.inputs.grads],
                 "lrMultipliers": encode_array(test.inputs.lr_multipliers),
             }
+            if test.inputs.quadratic is not None:
+                inputs[test.inputs_id]["gradient"] = loss_document(test.inputs.quadratic)
         key = json.dumps([test.variant, test.hyper, test.lr_multiplier, test.schedule], sort_keys=True)
         group = groups.setdefault(
             key,
@@ -358,7 +360,7 @@ def parse_document(doc: Any, shown: str, spec: Spec | None = None) -> GoldenFile
         for i, (p, g) in enumerate(zip(params, grads)):
             if g.shape[1:] != p.shape:
                 raise GoldenError(f"{where}: grads[{i}] has shape {list(g.shape)}, params[{i}] has {list(p.shape)}")
-        inputs[input_id] = CaseInputs(params, grads, lr)
+        inputs[input_id] = CaseInputs(params, grads, lr, quadratic=read_loss(item.get("gradient"), params, where))
     tests: list[GoldenTest] = []
     for group in doc["testGroups"]:
         for item in group["tests"]:
@@ -440,6 +442,31 @@ def _check_rule_slots(
             budgets = {t[slot] for t in per_step[step]}
             if len(budgets) > 1:
                 raise GoldenError(f"{where}: rule slot {quoted(slot)} has different {profile} budgets for different tensors")
+
+
+def loss_document(quadratic: Quadratic) -> dict[str, Any]:
+    """The ``gradient`` field of an input set: g_t = curvature * (theta_{t-1} - center) + grads[t-1]."""
+    return {
+        "loss": "quadratic",
+        "at": "theta",
+        "curvature": [encode_array(h) for h in quadratic.curvature],
+        "center": [encode_array(c) for c in quadratic.center],
+    }
+
+
+def read_loss(item: Mapping[str, Any] | None, params: Sequence[np.ndarray], where: str) -> Quadratic | None:
+    """The quadratic loss of an input set (None without a ``gradient`` field); shapes must match ``params``."""
+    if item is None:
+        return None
+    arrays = {}
+    for field in ("curvature", "center"):
+        if len(item[field]) != len(params):
+            raise GoldenError(f"{where}: gradient {field} has {len(item[field])} arrays for {len(params)} tensors")
+        arrays[field] = tuple(decode_array(a, f"{where} gradient {field}[{i}]") for i, a in enumerate(item[field]))
+        for i, (a, p) in enumerate(zip(arrays[field], params)):
+            if a.shape != p.shape:
+                raise GoldenError(f"{where}: gradient {field}[{i}] has shape {list(a.shape)}, params[{i}] has {list(p.shape)}")
+    return Quadratic(arrays["curvature"], arrays["center"])
 
 
 def _check_slots(table: Mapping[str, Any], slots: list[str], count: int, where: str) -> None:

@@ -62,6 +62,11 @@ the scalar format (none for T = 1); the result is the same for every tensor, sha
 A rule-scope slot is kept at that shape too. The spec layer refuses these constructs together
 with matrix constructs (which the ensemble runs tensor by tensor).
 
+A case whose gradients are taken at the point (a quadratic loss, :class:`optspec.reference.Quadratic`)
+gives every member its gradient at its own parameter, h * (theta - c) + n_t, with the difference,
+the product and the sum as tensor sites (:func:`point_gradient`): an error committed at one step
+feeds back through the next gradient, and the spread includes it.
+
 Each member of an ensemble may have its own unit roundoffs, so that one pass evaluates
 several profiles (the torch-like ``float32`` and JAX-like ``float32_scalar32`` members
 share a binary64 carrier). The ensemble is seeded: the same rule, case and seed give the
@@ -587,6 +592,7 @@ def run_ensemble(
     hyper_values = {name: carrier(np.float64(value)) for name, value in hyper.items()}
     flat = np.concatenate([np.asarray(p, dtype=carrier).reshape(-1) for p in inputs.params])
     grads = np.concatenate([np.asarray(g, dtype=carrier).reshape(inputs.steps, -1) for g in inputs.grads], axis=1)
+    loss = _flat_loss(inputs, carrier)
     slices = ensemble.slices()
     kinds = {name: "rule" if slot.scope == "rule" else slot.kind for name, slot in rule.state.items()}
     spread: Spread = {}
@@ -610,7 +616,9 @@ def run_ensemble(
                 **hyper_values,
                 **state,
                 "theta": theta,
-                "grad": np.broadcast_to(grads[t - 1], (size, flat.size)),
+                "grad": np.broadcast_to(grads[t - 1], (size, flat.size))
+                if loss is None
+                else point_gradient(perturb, theta, *loss, grads[t - 1]),
                 "t": carrier(t),
                 "lr": base_lr * multiplier,
                 "lr_multiplier": multiplier,
@@ -623,6 +631,38 @@ def run_ensemble(
             state = {name: _as_slot(env[name], kinds[name], layout, size, carrier) for name in rule.state}
             spread[t], exact[t] = _record(layout, {"theta": theta, **state}, {"theta": "tensor", **kinds}, slices)
     return spread, exact
+
+
+def point_gradient(perturb: _Perturb, theta: np.ndarray, curvature: np.ndarray, center: np.ndarray, noise: np.ndarray) -> Any:
+    """The gradient of a quadratic loss at every member's own point: h * (theta - c) + n_t.
+
+    Each member's gradient is taken at its own theta, so a rounding error committed in an
+    earlier step feeds back through the gradient as it does in an implementation (the spread,
+    and so the budget, includes the feedback). The difference, the product and the sum are
+    tensor rounding sites drawn afresh at every element and step, as an adapter computing the
+    gradient in the parameter's dtype rounds each of them.
+    """
+    difference = perturb(theta - center, "tensor", 0, False)
+    product = perturb(curvature * difference, "tensor", 0, False)
+    return perturb(product + noise, "tensor", 0, False)
+
+
+def _flat_loss(inputs: CaseInputs, carrier: type[np.floating[Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A quadratic loss's h and c on the flat axis of :class:`Layout` (None: a fixed gradient sequence)."""
+    if inputs.quadratic is None:
+        return None
+    return tuple(  # type: ignore[return-value]
+        np.concatenate([np.asarray(a, dtype=carrier).reshape(-1) for a in arrays])
+        for arrays in (inputs.quadratic.curvature, inputs.quadratic.center)
+    )
+
+
+def _tensor_loss(inputs: CaseInputs, index: int, carrier: type[np.floating[Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A quadratic loss's h and c of tensor ``index`` in its own shape (None: a fixed gradient sequence)."""
+    if inputs.quadratic is None:
+        return None
+    q = inputs.quadratic
+    return np.asarray(q.curvature[index], dtype=carrier), np.asarray(q.center[index], dtype=carrier)
 
 
 def _record(
@@ -699,8 +739,9 @@ def _run_shaped(
             np.sum(np.square(np.concatenate([np.asarray(g[t], dtype=carrier).reshape(-1) for g in inputs.grads])))
             for t in range(inputs.steps)
         ]
-        for param, grads in zip(inputs.params, inputs.grads):
+        for index, (param, grads) in enumerate(zip(inputs.params, inputs.grads)):
             shape = tuple(np.shape(param))
+            loss = _tensor_loss(inputs, index, carrier)
             layout = ShapedLayout(shape)
             perturb.shaped = layout
             steps, inits = _compile(rule, frozenset(rule.spec.hyper), perturb, layout)  # type: ignore[arg-type]
@@ -719,7 +760,9 @@ def _run_shaped(
                     **hyper_values,
                     **state,
                     "theta": theta,
-                    "grad": np.broadcast_to(np.asarray(grads[t - 1], dtype=carrier), (size, *shape)),
+                    "grad": np.broadcast_to(np.asarray(grads[t - 1], dtype=carrier), (size, *shape))
+                    if loss is None
+                    else point_gradient(perturb, theta, *loss, np.asarray(grads[t - 1], dtype=carrier)),
                     "t": carrier(t),
                     "lr": base_lr * multiplier,
                     "lr_multiplier": multiplier,

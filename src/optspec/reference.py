@@ -80,11 +80,29 @@ PRECISIONS = {p.name: p for p in (FLOAT64, FLOAT32, FLOAT32_SCALAR32, EXTENDED)}
 
 
 @dataclass(frozen=True)
+class Quadratic:
+    """A separable quadratic loss per tensor: the gradient at the point p is h * (p - c) + n_t.
+
+    ``curvature[i]`` (h > 0) and ``center[i]`` (c) have the shape of tensor i; the per-step
+    term n_t is the case's ``grads[i][t - 1]``, so that steps differ. With
+    L(p) = sum(h (p - c)^2 / 2 - n_t p) the gradient is a function of the point it is taken at,
+    and an optimizer whose stored parameters drift from the reference's gets other gradients
+    (the feedback a fixed gradient sequence hides).
+    """
+
+    curvature: tuple[np.ndarray, ...]
+    center: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
 class CaseInputs:
     """What a run needs: initial parameters, gradients per step, s_t per step.
 
     ``params[i]`` has the shape of tensor i; ``grads[i]`` has shape ``(steps, *shape)``;
     ``lr_multipliers`` has shape ``(steps,)`` (all ones for a constant learning rate).
+    With ``quadratic`` the gradient of step t is taken at the parameter before the step,
+    g_t = h * (theta_{t-1} - c) + grads[i][t - 1] (:func:`gradient_at`); without it,
+    g_t = grads[i][t - 1].
     """
 
     params: tuple[np.ndarray, ...]
@@ -93,6 +111,8 @@ class CaseInputs:
     #: the schedule spec that produced ``lr_multipliers`` (an optspec.schedules.ScheduleRef), if any:
     #: adapters then drive the library's own scheduler instead of writing eta * s_t
     schedule: Any = None
+    #: the loss whose gradient is taken at the point (None: the fixed sequence ``grads``)
+    quadratic: Quadratic | None = None
 
     @property
     def steps(self) -> int:
@@ -450,6 +470,22 @@ def _global_grad_norms(inputs: CaseInputs, precision: Precision) -> list[Value]:
     return out
 
 
+def gradient_at(inputs: CaseInputs, index: int, t: int, point: np.ndarray, dtype: Any) -> np.ndarray:
+    """The gradient of tensor ``index`` at step ``t``, taken at ``point``, computed in ``dtype``.
+
+    The fixed sequence: ``grads[index][t - 1]``. A quadratic loss: h * (point - c) + n_t, each
+    operation rounded to ``dtype`` ((point - c), the product, the sum: what an adapter that
+    computes the loss's gradient in the parameter's dtype does).
+    """
+    noise = np.asarray(inputs.grads[index][t - 1], dtype=dtype)
+    if inputs.quadratic is None:
+        return noise
+    h = np.asarray(inputs.quadratic.curvature[index], dtype=dtype)
+    c = np.asarray(inputs.quadratic.center[index], dtype=dtype)
+    with np.errstate(all="ignore"):
+        return np.asarray(h * (np.asarray(point, dtype=dtype) - c) + noise, dtype=dtype)
+
+
 def run_reference(
     rule: ResolvedRule,
     hyper: Mapping[str, float],
@@ -482,14 +518,14 @@ def run_reference(
                 **hyper_values,
                 **states[index],
                 "theta": thetas[index],
-                "grad": np.asarray(grads[t - 1], dtype=tensor),
+                "grad": gradient_at(inputs, index, t, thetas[index], tensor),
                 "t": scalar(t),
                 "lr": scalar(base_lr * multiplier),
                 "lr_multiplier": multiplier,
                 "global_grad_norm": global_norms[t - 1],
                 "ndim": scalar(np.ndim(param)),
             }
-            for index, (param, grads) in enumerate(zip(inputs.params, inputs.grads))
+            for index, param in enumerate(inputs.params)
         ]
         compiled.step_all(envs)
         for index, env in enumerate(envs):

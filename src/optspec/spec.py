@@ -193,6 +193,9 @@ class Spec(SpecDeclarations):
     #: the golden cases' tensor shapes, when the rule needs its own (Muon: matrices only);
     #: None for the standard five of :mod:`optspec.cases`
     shapes: tuple[tuple[int, ...], ...] | None = None
+    #: where the golden cases' gradients come from: None for a fixed sequence, "quadratic" for
+    #: g_t = h * (theta_{t-1} - c) + n_t, taken at the stored parameter (the table ``gradient``)
+    gradient: str | None = None
 
     def resolve(self, variant: Mapping[str, str] | None = None) -> ResolvedRule:
         """Apply the variant's edits to the step and check the result."""
@@ -318,6 +321,7 @@ def parse_spec(text: str, shown: str, inner: Callable[[str], Spec] | None = None
         path=shown,
         sha256=sha256,
         shapes=tuple(tuple(int(n) for n in shape) for shape in table["shapes"]) if "shapes" in table else None,
+        gradient=str(table["gradient"]["loss"]) if "gradient" in table else None,
     )
     cases = _cases(spec, [*STANDARD_CASES, *table.get("cases", [])])
     spec = Spec(**{**spec.__dict__, "cases": cases})
@@ -765,6 +769,12 @@ def _check_whole(spec: Spec) -> None:
     for case in spec.cases:
         if case.lr_multiplier is not None:
             read.add("t")
+    if spec.gradient is not None and "global_grad_norm" in read:
+        raise SpecError(
+            spec.where,
+            "global_grad_norm is the norm of a fixed gradient sequence; a rule whose gradients are taken at the point "
+            "(gradient.loss) cannot read it",
+        )
     unused = [h for h in spec.hyper if h not in read]
     if unused:
         raise SpecError(spec.where, f"hyperparameter {unused[0]!r} is never used by any equation of any variant")

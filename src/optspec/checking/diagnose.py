@@ -42,7 +42,7 @@ from optspec.checking.mutations import Mutation, mutated_spec, mutations
 from optspec.conformance import compare
 from optspec.errors import SpecError
 from optspec.golden import GoldenTest
-from optspec.reference import CaseInputs, Trajectory
+from optspec.reference import CaseInputs, Quadratic, Trajectory
 from optspec.spec import Spec, SpecLibrary, variant_label
 
 SCREEN_STEPS = 3
@@ -196,7 +196,14 @@ def _test(
     count = len(inputs.params)
     parts = []
     for index in range(count):
-        one = CaseInputs((inputs.params[index],), (inputs.grads[index],), inputs.lr_multipliers, inputs.schedule)
+        loss = inputs.quadratic
+        one = CaseInputs(
+            (inputs.params[index],),
+            (inputs.grads[index],),
+            inputs.lr_multipliers,
+            inputs.schedule,
+            None if loss is None else Quadratic((loss.curvature[index],), (loss.center[index],)),
+        )
         target = mutated_spec(spec, muts, (index, count))
         parts.append(expectations.test(target, candidate.variant, hyper, one, record, f"{tag}#{index}", profiles=(profile,)))
     expected = {step: [part.expected[step][0] for part in parts] for step in parts[0].expected}

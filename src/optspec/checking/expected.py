@@ -38,7 +38,7 @@ def bfloat16_type() -> Any | None:
 
 def truncate(inputs: CaseInputs, steps: int) -> CaseInputs:
     """The first ``steps`` steps of a gradient stream."""
-    return CaseInputs(inputs.params, tuple(g[:steps] for g in inputs.grads), inputs.lr_multipliers[:steps])
+    return replace(inputs, grads=tuple(g[:steps] for g in inputs.grads), lr_multipliers=inputs.lr_multipliers[:steps])
 
 
 class Expectations:

@@ -155,6 +155,7 @@ class Session:
             present=present,
             checkpoint_after=checkpoint_after,
             inner=self.inner,
+            quadratic=inputs.quadratic,
         )
 
     def run(self, scenario: Scenario) -> Trajectory:

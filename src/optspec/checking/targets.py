@@ -39,7 +39,7 @@ import numpy as np
 
 from optspec.impls import optax_jax, torch_optim
 from optspec.impls.base import Binding, Support
-from optspec.reference import Trajectory
+from optspec.reference import Quadratic, Trajectory
 from optspec.spec import Spec
 
 KINDS = ("torch", "optax")
@@ -445,6 +445,8 @@ class Scenario:
     inner: str | Any | None = None
     check_grads: bool = False
     all_state: bool = False
+    #: a loss whose gradient is taken at the parameters (``grads`` is then its per-step term n_t)
+    quadratic: Quadratic | None = None
 
     @property
     def steps(self) -> int:
@@ -489,6 +491,7 @@ def _run_torch(cls: Any, sc: Scenario, inner: Any = None) -> Trajectory:
             raise TargetError(f"constructing the optimizer raised {_describe_exc(exc)}") from None
 
     params, optimizer = build(sc.params)
+    _train_mode(optimizer)
     owner = {i: g for g in sc.groups for i in g.indices}
     trajectory: Trajectory = {}
     wanted = set(sc.record)
@@ -502,7 +505,7 @@ def _run_torch(cls: Any, sc: Scenario, inner: Any = None) -> Trajectory:
             if sc.present is not None and not bool(sc.present[i][t - 1]):
                 param.grad = None
             else:
-                param.grad = torch.tensor(sc.grads[i][t - 1], dtype=torch_dtype)
+                param.grad = _torch_gradient(sc, i, t, param, torch_dtype)
         given = {i: p.grad.clone() for i, p in enumerate(params) if sc.check_grads and p.grad is not None}
         try:
             optimizer.step()
@@ -543,7 +546,33 @@ def _run_torch(cls: Any, sc: Scenario, inner: Any = None) -> Trajectory:
                 optimizer.load_state_dict(saved)
             except Exception as exc:
                 raise TargetError(f"load_state_dict() after step {t} raised {_describe_exc(exc)}") from None
+            _train_mode(optimizer)
     return trajectory
+
+
+def _train_mode(optimizer: Any) -> None:
+    """``optimizer.train()`` when the optimizer has one: Schedule-Free optimizers refuse to step in
+    eval mode (schedulefree/sgd_schedulefree.py:111-114) and keep y as the parameters only in
+    train mode (:90-101). A training loop calls it before its first step, and so does the check."""
+    train = getattr(optimizer, "train", None)
+    if callable(train):
+        try:
+            train()
+        except Exception as exc:
+            raise TargetError(f"optimizer.train() raised {_describe_exc(exc)}") from None
+
+
+def _torch_gradient(sc: Scenario, index: int, t: int, param: Any, dtype: Any) -> Any:
+    """The gradient of step t: the stored one, or the quadratic loss's at the parameter as it is now
+    (h * (p - c) + n_t in the parameter's dtype)."""
+    import torch
+
+    noise = torch.tensor(sc.grads[index][t - 1], dtype=dtype)
+    if sc.quadratic is None:
+        return noise
+    h = torch.tensor(sc.quadratic.curvature[index], dtype=dtype)
+    c = torch.tensor(sc.quadratic.center[index], dtype=dtype)
+    return h * (param.detach() - c) + noise
 
 
 def _torch_snapshot(
@@ -610,6 +639,12 @@ def _run_optax_x64(factory: Any, sc: Scenario) -> Trajectory:
     wanted = set(sc.record)
     for t in range(1, sc.steps + 1):
         grads = [jnp.asarray(sc.grads[i][t - 1], dtype=jdtype) for i in indices]
+        if sc.quadratic is not None:
+            loss = sc.quadratic
+            grads = [
+                jnp.asarray(loss.curvature[i], dtype=jdtype) * (p - jnp.asarray(loss.center[i], dtype=jdtype)) + g
+                for i, p, g in zip(indices, params, grads)
+            ]
         try:
             updates, params, state = step(params, state, grads)
         except Exception as exc:
