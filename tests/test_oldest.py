@@ -188,3 +188,102 @@ def test_torch_2_0_1_foreach_adagrad_conforms_with_a_float64_step_tensor() -> No
         assert not compare(test, plain, "float64", case).ok, f"torch 2.0.1 foreach adagrad {case} conforms: the defect is gone"
         result = compare(test, wide, "float64", f"{case} with a float64 step tensor")
         assert result.ok, f"with the default dtype float64, foreach adagrad {case} still differs: {result.message}"
+
+
+def test_torch_2_0_1_foreach_asgd_eta_is_the_misplaced_power() -> None:
+    """[[defect]] torch-asgd-foreach-eta-precedence: foreach lr / (1 + lambd lr t^alpha), for-loop lr / (1 + lambd lr t)^alpha."""
+    import torch
+
+    lr, lambd, alpha, steps = 0.1, 0.5, 0.75, 6
+    etas = {}
+    for foreach in (False, True):
+        param = torch.zeros(3, dtype=torch.float64)
+        optimizer = torch.optim.ASGD([param], lr=lr, lambd=lambd, alpha=alpha, t0=1e6, foreach=foreach)
+        for _ in range(steps):
+            param.grad = torch.ones_like(param)
+            optimizer.step()
+        etas[foreach] = float(optimizer.state[param]["eta"])
+    documented = lr / (1 + lambd * lr * steps) ** alpha
+    misplaced = lr / (1 + lambd * lr * steps**alpha)
+    assert abs(documented - misplaced) / documented > 1e-2, "the two formulas must be far apart at these hyperparameters"
+    # eta is a float32 tensor in torch 2.0.1 (asgd.py:86): equal to within float32 rounding
+    assert abs(etas[False] - documented) <= 1e-7 * documented, f"for-loop eta {etas[False]} is not the documented {documented}"
+    assert abs(etas[True] - misplaced) <= 1e-7 * misplaced, (
+        f"foreach eta {etas[True]} is not lr / (1 + lambd lr t^alpha) = {misplaced}"
+    )
+
+
+def test_torch_2_0_1_differentiable_nadam_scales_the_gradient_twice() -> None:
+    """[[defect]] torch-nadam-differentiable-exp-avg-term: step 1's second term is grad_scaled * c2, not exp_avg * c2'."""
+    import torch
+
+    lr, beta1, beta2, eps, psi = 2e-3, 0.9, 0.999, 1e-8, 4e-3
+    g = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    moved = {}
+    for differentiable in (False, True):
+        param = torch.zeros(2, dtype=torch.float64)
+        optimizer = torch.optim.NAdam(
+            [param], lr=lr, betas=(beta1, beta2), eps=eps, momentum_decay=psi, differentiable=differentiable
+        )
+        param.grad = g.clone()
+        optimizer.step()
+        moved[differentiable] = param.clone()
+    mu = beta1 * (1 - 0.5 * 0.96**psi)
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** (2 * psi))
+    m, v = (1 - beta1) * g, (1 - beta2) * g * g
+    denom = (v / (1 - beta2)).sqrt() + eps
+    scaled = g * (-lr * (1 - mu) / (1 - mu))  # mu_product after step 1 is mu (float32 in 2.0.1: compared loosely)
+    documented = scaled / denom + m * (-lr * mu_next / (1 - mu * mu_next)) / denom
+    twice = scaled / denom + scaled * (-lr * (1 - mu_next) / (1 - mu * mu_next)) / denom
+    assert torch.allclose(moved[False], documented, rtol=1e-6, atol=0), f"for-loop NAdam {moved[False]} != {documented}"
+    assert torch.allclose(moved[True], twice, rtol=1e-6, atol=0), (
+        f"differentiable NAdam {moved[True]} is not the 2.0.1 formula {twice}"
+    )
+    assert not torch.allclose(moved[True], documented, rtol=1e-4, atol=0), "differentiable NAdam conforms: the defect is gone"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_optax_0_2_3_optimistic_gd_first_step_uses_a_zero_previous_gradient(dtype: str) -> None:
+    """[[defect]] optax-optimistic-gd-zero-first-previous-gradient: step 1 moves by lr (alpha + beta) g, not lr alpha g."""
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from optspec.impls.optax_jax import x64
+
+    lr, alpha, beta, grad = 0.1, 0.5, 2.0, [1.0, -2.0]
+    with x64(dtype == "float64"):
+        g = jnp.asarray(grad, dtype=jnp.float64 if dtype == "float64" else jnp.float32)
+        tx = optax.optimistic_gradient_descent(lr, alpha=alpha, beta=beta)
+        update, _ = tx.update(g, tx.init(jnp.zeros_like(g)))
+        got = np.asarray(update, dtype=np.float64).tolist()
+    zero_previous = [-lr * (alpha + beta) * x for x in grad]
+    assert got == pytest.approx(zero_previous, rel=1e-6), (
+        f"optax 0.2.3 step 1 update {got} != -lr (alpha + beta) g = {zero_previous}"
+    )
+    assert got != pytest.approx([-lr * alpha * x for x in grad], rel=1e-3), "step 1 uses g_0 := g_1: the defect is gone"
+
+
+def test_optax_0_2_3_fromage_decay_is_float32() -> None:
+    """[[defect]] optax-fromage-float32-decay-cancellation: the decay mult - 1 is computed in float32 and cancels.
+
+    With a zero gradient fromage's update is the decay alone, (mult - 1) theta: at theta = 1 it is the coefficient."""
+    import jax.numpy as jnp
+    import optax
+
+    from optspec.impls.optax_jax import x64
+
+    lr = 1e-2
+    with x64(False):
+        theta = jnp.ones((), dtype=jnp.float32)
+        tx = optax.fromage(lr)
+        update, _ = tx.update(jnp.zeros_like(theta), tx.init(theta), theta)
+        coefficient = float(update)
+        float32_cancelled = float(1 / jnp.sqrt(jnp.float32(1 + lr**2)) - 1)
+    exact = 1 / (1 + lr**2) ** 0.5 - 1
+    assert coefficient == float32_cancelled, (
+        f"optax 0.2.3 fromage decay {coefficient} is not the float32 mult - 1 {float32_cancelled}"
+    )
+    assert abs(coefficient - exact) / abs(exact) > 1e-4, (
+        f"decay {coefficient} is within 1e-4 of the exact {exact}: the defect is gone"
+    )
