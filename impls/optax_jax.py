@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from optspec.errors import AdapterError
-from optspec.impls.base import Binding, Keyword, Plan, Requirement, Since, Slot, Support, installed_version
+from optspec.errors import AdapterError, LibraryCannotRun
+from optspec.impls.base import Binding, Keyword, Plan, Requirement, Since, Slot, Support, installed_version, lacks
 from optspec.reference import CaseInputs, Trajectory
 
 Schedule = Callable[[Any], Any] | float
@@ -1034,6 +1034,14 @@ def learning_rate_for(inputs: CaseInputs, base_lr: float, dtype: str) -> Schedul
     return lambda count: values[jnp.minimum(count, last)]
 
 
+#: aliases that take a schedule as learning_rate only from a release (every other alias: all supported releases)
+SCHEDULE_SINCE = {
+    "fromage": Since(
+        "0.2.6", "optax 0.2.6 optax/_src/alias.py:1132 (if not callable(learning_rate)); 0.2.3 alias.py:907 squares it"
+    ),
+}
+
+
 class OptaxJit:
     framework = "jax"
     name = "optax"
@@ -1082,6 +1090,9 @@ class OptaxJit:
     ) -> tuple[Any, Mapping[str, Slot], CaseInputs, Sequence[int], str]:
         assert plan.binding is not None
         learning_rate = learning_rate_for(inputs, hyper["lr"], dtype)
+        takes = lacks("optax", SCHEDULE_SINCE.get(plan.binding.rule)) if callable(learning_rate) else None
+        if takes is not None:  # a schedule the installed optax's alias cannot take: not run, never an error
+            raise LibraryCannotRun(f"optax {plan.binding.target}(learning_rate=<schedule>) is {takes}")
         try:
             tx = FACTORIES[plan.binding.rule](learning_rate=learning_rate, **plan.kwargs)
         except Exception as exc:

@@ -180,9 +180,11 @@ BINDINGS: dict[str, ScheduleBinding] = {
         ),
         ScheduleBinding(
             "warmup_constant",
-            "optax.warmup_constant_schedule",
+            # optax.schedules has it in every supported release (0.2.3 optax/schedules/__init__.py:35); the
+            # top-level alias optax.warmup_constant_schedule only from 0.2.4 (optax/__init__.py:210)
+            "optax.schedules.warmup_constant_schedule",
             {"warmup_form": _FROM_END},
-            lambda h, v: _optax().warmup_constant_schedule(h["init_value"], h["lr"], int_hyper(h, "warmup_steps")),
+            lambda h, v: _optax().schedules.warmup_constant_schedule(h["init_value"], h["lr"], int_hyper(h, "warmup_steps")),
         ),
         ScheduleBinding(
             "reduce_on_plateau",

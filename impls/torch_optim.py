@@ -35,14 +35,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
 import numpy as np
 
-from optspec.errors import AdapterError
-from optspec.impls.base import Binding, Keyword, Plan, Requirement, Since, Slot, Support
+from optspec.errors import AdapterError, LibraryCannotRun
+from optspec.impls.base import Binding, Keyword, Plan, Requirement, Since, Slot, Support, lacks
 from optspec.reference import CaseInputs, Trajectory
 
 _ON_OFF = {"off": Support({"maximize": False}), "on": Support({"maximize": True})}
@@ -335,6 +336,9 @@ def run_torch_optimizer(
             if scheduler is not None:
                 scheduler.step()
         except Exception as exc:
+            missing = missing_kernel(exc, device)
+            if missing is not None:
+                raise LibraryCannotRun(f"{what}: {missing}") from None
             raise AdapterError(f"{what}: step {t} raised {type(exc).__name__}: {exc}") from None
         if t in wanted:
             snapshot = []
@@ -348,6 +352,25 @@ def run_torch_optimizer(
                 snapshot.append(values)
             trajectory[t] = snapshot
     return trajectory
+
+
+#: torch's message for a dtype its kernel was not compiled for: ``"addcmul_cpu_out" not implemented for 'Half'``
+_NO_KERNEL = re.compile(r"^\"(?P<kernel>\w+)\" not implemented for '(?P<dtype>Half|BFloat16)'$")
+_TORCH_DTYPE_NAMES = {"Half": "float16", "BFloat16": "bfloat16"}
+
+
+def missing_kernel(exc: BaseException, device: str) -> str | None:
+    """``"not run: torch 2.0.1 has no CPU float16 kernel for addcmul_cpu_out"`` when ``exc`` is torch
+    saying that the installed release has no kernel for a 16-bit dtype (torch 2.0.1's CPU addcmul,
+    addcdiv and clamp have no Half kernel); else None."""
+    import torch
+
+    match = _NO_KERNEL.match(str(exc)) if isinstance(exc, RuntimeError) else None
+    if match is None:
+        return None
+    version = torch.__version__.split("+", 1)[0]
+    dtype = _TORCH_DTYPE_NAMES[match.group("dtype")]
+    return f"not run: torch {version} has no {device.upper()} {dtype} kernel for {match.group('kernel')}"
 
 
 def _numpy(tensor: Any) -> np.ndarray:
@@ -417,7 +440,10 @@ class TorchOptim:
         except AttributeError:  # a class the installed torch does not have yet (torch.optim.Muon before 2.9)
             return None
         if path_keywords(optimizer_class, self.path) is None:
-            return None
+            # a path the binding dates (fused CPU from 2.4) on a release whose class lacks even the keyword
+            # (torch 2.0.1's SGD and Adagrad take no fused): the plan's skip names the release, not "-"
+            dated = binding.paths.get(self.path)
+            return binding if dated is not None and lacks(binding.library, dated) is not None else None
         return binding
 
     def run(self, plan: Plan, inputs: CaseInputs, hyper: Mapping[str, float], dtype: str, record: Sequence[int]) -> Trajectory:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from optspec.errors import AdapterError
-from optspec.impls.base import Requirement
+from optspec.impls.base import Requirement, Since, lacks
 from optspec.impls.schedule_base import ScheduleBinding, ScheduleRun, implemented_variant, int_hyper
 from optspec.impls.torch_optim import torch_unavailable
 from optspec.schedules import ScheduleTest
@@ -93,10 +93,24 @@ def _cyclic(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     )
 
 
+#: CyclicLR cycles Adam's beta1 (the runner's optimizer has betas, not momentum) from torch 2.3
+_CYCLIC_BETAS = Since(
+    "2.3",
+    "torch 2.3.1 torch/optim/lr_scheduler.py:1279 ('momentum' or 'betas'); 2.2.2 :1271 and 2.0.1 :1230 need 'momentum'",
+)
+
+
+def _cyclic_combination(variant: Mapping[str, str]) -> str | None:
+    reason = lacks("torch", _CYCLIC_BETAS)
+    return None if reason is None else f"cycle_momentum=True on an optimizer with betas (Adam) is {reason}"
+
+
 def _chained(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
     s = _lr_scheduler()
     warmup = s.LinearLR(opt, start_factor=h["start_factor"], end_factor=1.0, total_iters=int_hyper(h, "warmup_steps"))
-    return s.ChainedScheduler([warmup, s.ExponentialLR(opt, gamma=h["gamma"])], optimizer=opt)
+    # optimizer= is optional (torch 2.4.0 lr_scheduler.py:1125-1127: the first scheduler's by default) and
+    # not taken before (torch 2.0.1 lr_scheduler.py:865, 2.1.2 :860: __init__(self, schedulers))
+    return s.ChainedScheduler([warmup, s.ExponentialLR(opt, gamma=h["gamma"])])
 
 
 def _swalr(opt: Any, h: Mapping[str, float], v: Mapping[str, str]) -> Any:
@@ -211,6 +225,7 @@ BINDINGS: dict[str, ScheduleBinding] = {
             "torch.optim.lr_scheduler.CyclicLR",
             {"mode": frozenset({"triangular", "triangular2", "exp_range"})},
             _cyclic,
+            combination=_cyclic_combination,
         ),
         ScheduleBinding(
             "sgdr",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from optspec import errors
 from optspec.cli import main
 from optspec.conformance import enumerate_checks, load_goldens, missing_in, run_check
 from optspec.errors import AdapterError
@@ -118,9 +119,30 @@ def test_the_fused_path_before_torch_2_4_is_a_skip(installed: dict[str, str], ve
         shown = version.split("+")[0]
         assert plan.skip is not None and f"the fused path is not in torch {shown}" in plan.skip, plan.skip
         assert missing_in([plan.skip]) == f"not in torch {shown}", "the matrix cell must read 'not in torch VERSION'"
-    else:
+    elif _takes_fused(rule):
         assert plan.skip is None, plan.skip
+    else:
+        # only the version is pretended: the installed class (torch 2.0.1's SGD, Adagrad) takes no fused
+        # keyword, so the path does not exist here and nothing is planned (never an error cell)
+        assert plan.skip is not None and "has no binding" in plan.skip, f"torch {version}, {rule}: {plan.skip!r}"
     assert implementation("torch.fused").binding("rmsprop") is None, "RMSprop has no fused path in any release: '-'"
+
+
+def _takes_fused(rule: str) -> bool:
+    """Whether the installed torch's class for ``rule`` has a ``fused`` keyword (every class of FUSED_RULES from 2.4)."""
+    import inspect
+
+    return "fused" in inspect.signature(torch_optim.resolve_target(torch_optim.BINDINGS[rule].target).__init__).parameters
+
+
+def test_every_fused_rule_takes_fused_from_torch_2_4() -> None:
+    """The fused cases above hold their plain claim (plan.skip is None) on every torch from 2.4."""
+    pytest.importorskip("torch")
+    import torch
+
+    if release(torch.__version__) < (2, 4):
+        pytest.skip(f"torch {torch.__version__}: SGD and Adagrad take fused from 2.4 (tests/test_oldest.py runs 2.0.1)")
+    assert all(_takes_fused(rule) for rule in torch_optim.FUSED_RULES), "a class of FUSED_RULES has no fused keyword"
 
 
 @pytest.mark.parametrize(
@@ -367,3 +389,61 @@ def test_matrix_cells_say_what_the_release_lacks_or_which_defect_fails() -> None
     assert cell_text(defect) == "fails: known defect"
     mixed = Cell(status="fails", failures=[*defect.failures, "step 2: max abs error 1e-3 > budget 1e-9"])
     assert cell_text(mixed) == "fails", "an unregistered failure in the cell must not read as a known defect"
+
+
+# --------------------------------------------------------------------------- a kernel the installed torch lacks
+
+#: torch 2.0.1's own message (measured: torch.optim.Adadelta on a CPU float16 parameter, step 1)
+_NO_HALF = "\"addcmul_cpu_out\" not implemented for 'Half'"
+
+
+def test_a_missing_16_bit_kernel_is_named_and_nothing_else_is() -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    assert torch_optim.missing_kernel(RuntimeError(_NO_HALF), "cpu") == (
+        f"not run: torch {version} has no CPU float16 kernel for addcmul_cpu_out"
+    )
+    bf16 = RuntimeError("\"clamp_scalar_cpu\" not implemented for 'BFloat16'")
+    assert torch_optim.missing_kernel(bf16, "cpu") == f"not run: torch {version} has no CPU bfloat16 kernel for clamp_scalar_cpu"
+    for other in (
+        RuntimeError("\"addcmul_cpu_out\" not implemented for 'Long'"),  # not a parameter dtype optspec runs
+        RuntimeError("!needs_dynamic_casting<func_t>::check(iter) INTERNAL ASSERT FAILED"),  # a torch bug: an error cell
+        RuntimeError(f"while stepping: {_NO_HALF}"),  # only torch's message exactly
+        TypeError(_NO_HALF),
+    ):
+        assert torch_optim.missing_kernel(other, "cpu") is None, f"{other!r} must stay an error, not a skip"
+
+
+def test_a_missing_kernel_is_a_skip_cell_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path: torch raises its message at step 1, the runner raises LibraryCannotRun, the check is skipped."""
+    pytest.importorskip("torch")
+    import torch
+
+    from optspec.commands.run import cell_text
+    from optspec.conformance import matrix
+
+    def no_half(self: Any, closure: Any = None) -> None:
+        raise RuntimeError(_NO_HALF)
+
+    monkeypatch.setattr(torch.optim.Adadelta, "step", no_half)
+    goldens = load_goldens(LIBRARY, ROOT / "conformance" / "golden", ["adadelta"])
+    checks = enumerate_checks(LIBRARY, goldens, [implementation("torch.for-loop")], ("float16",))
+    assert checks, "adadelta has no float16 checks on torch.for-loop"
+    results = [run_check(check) for check in checks]
+    ran = [r for r in results if "not run: torch" in r.message]
+    assert ran, f"no check reached the optimizer: {sorted({r.message[:80] for r in results})}"
+    assert all(r.status == "skipped" for r in ran), f"a missing kernel must be a skip: {[(r.status, r.message) for r in ran][:2]}"
+    assert all("has no CPU float16 kernel for addcmul_cpu_out" in r.message for r in ran), ran[0].message
+    cell = matrix(ran)["adadelta float16"]["torch.for-loop"]
+    version = torch.__version__.split("+")[0]
+    assert cell_text(cell) == f"not run: torch {version} has no CPU float16 kernel", cell_text(cell)
+    with pytest.raises(AdapterError, match="step 1 raised RuntimeError: boom") as info:
+        monkeypatch.setattr(torch.optim.Adadelta, "step", lambda self, closure=None: (_ for _ in ()).throw(RuntimeError("boom")))
+        implementation("torch.for-loop").run(_plan_for(checks[0]), checks[0].test.inputs, checks[0].test.hyper, "float16", [1])
+    assert not isinstance(info.value, errors.LibraryCannotRun), "any other torch error stays an error (exit 2)"
+
+
+def _plan_for(check: Any) -> Plan:
+    return plan_case(check.implementation, check.spec, check.test.variant, check.test.hyper, check.dtype)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from optspec.errors import AdapterError, GoldenError
+from optspec.errors import AdapterError, GoldenError, LibraryCannotRun
 from optspec.golden import GoldenFile, GoldenTest, read_golden
 from optspec.impls.base import (
     Deviation,
@@ -361,6 +361,8 @@ def _prepare(check: Check) -> CheckResult | _Pending:
 
 def _finish(pending: _Pending, observed: Trajectory | AdapterError) -> CheckResult:
     base, plan, context = pending.base, pending.plan, pending.context
+    if isinstance(observed, LibraryCannotRun):  # no kernel for this dtype in the installed release: not a verdict
+        return CheckResult(**base, status="skipped", message=f"{context}: {observed}", compared_variant=plan.compared_variant)
     if isinstance(observed, AdapterError):
         check = pending.check
         defect = find_error_defect(check.spec.name, check.implementation.name, check.dtype, str(observed))
@@ -514,12 +516,13 @@ def matrix(results: Iterable[Any]) -> dict[str, dict[str, Cell]]:
 
 
 def missing_in(skips: Sequence[str]) -> str:
-    """``"not in torch 2.0.1"`` when every skip reason names that same missing release, else ``""``."""
+    """``"not in torch 2.0.1"`` when every skip reason names that same missing release (or
+    ``"not run: torch 2.0.1 has no CPU float16 kernel"`` when each is that release's missing kernel), else ``""``."""
     found = {match.group(0) if (match := _NOT_IN.search(reason)) else "" for reason in skips}
     return found.pop() if len(found) == 1 else ""
 
 
-_NOT_IN = re.compile(r"not in [\w.-]+ \d[\w.]*")
+_NOT_IN = re.compile(r"not in [\w.-]+ \d[\w.]*|not run: [\w.-]+ \d[\w.]* has no \w+ \w+ kernel")
 
 
 def golden_dir_error(directory: Path) -> GoldenError:

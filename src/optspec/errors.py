@@ -49,3 +49,8 @@ class UsageError(OptspecError):
 
 class AdapterError(OptspecError):
     """An implementation under test could not be built or run (framework missing, raised)."""
+
+
+class LibraryCannotRun(AdapterError):
+    """The installed library has no kernel for this check (torch 2.0.1's CPU float16 addcmul):
+    neither bad input nor a wrong result, so the check is skipped with this message (``not run: ...``)."""
