@@ -127,6 +127,7 @@ def test_run_with_a_registered_library_error_exits_1_not_2(capsys: pytest.Captur
     assert code == 1, f"optspec run exited {code}; stderr: {err[-2000:]}; stdout: {out[-3000:]}"
     assert "error: known defect" in out and "torch-adafactor-dtensor-inplace-norm" in out, out[-3000:]
     assert "optspec: error:" not in err, err[-2000:]
+    assert "raise a registered library error, 0 could not run" in out, out[-1000:]
 
 
 def test_gang_is_reused_across_calls() -> None:

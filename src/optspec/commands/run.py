@@ -121,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
             write_atomic(args.json, json.dumps(run_document(results), indent=1) + "\n")
         except OSError as exc:
             raise write_failed(args.json, exc) from None
-    counts = {s: sum(r.status == s for r in results) for s in ("conforms", "deviation", "fails", "error", "skipped")}
+    counts = {s: sum(r.status == s for r in results) for s in ("conforms", "deviation", "fails", "skipped")}
+    raised = f", {len(known_errors)} raise a registered library error" if known_errors else ""
     print(
-        f"{counts['conforms']} conform, {counts['deviation']} known deviations, "
-        f"{counts['fails']} fail, {counts['error']} could not run, {counts['skipped']} not expressible or not installed"
+        f"{counts['conforms']} conform, {counts['deviation']} known deviations, {counts['fails']} fail{raised}, "
+        f"{len(errors)} could not run, {counts['skipped']} not expressible or not installed"
     )
     if errors:
         # An adapter or library that raises is an input problem, not a verdict: exit 2.
