@@ -47,14 +47,19 @@ _RESULTS: dict[str, CheckResult] = {}
 
 
 def result_of(check: Check) -> CheckResult:
+    """``run_check(check)``'s result (see :func:`grouped_result`)."""
+    return grouped_result(check, _GROUPS, _RESULTS)
+
+
+def grouped_result(check: Check, groups: dict[tuple[str, str], list[Check]], results: dict[str, CheckResult]) -> CheckResult:
     """``run_check(check)``'s result, computed with the rest of its rule x implementation group
     on first use (``run_checks``: one jit compilation per group for optax, the same results)."""
     key = f"{check.spec.name}::{check.id}"
-    if key not in _RESULTS:
-        group = _GROUPS[(check.spec.name, check.implementation.name)]
+    if key not in results:
+        group = groups[(check.spec.name, check.implementation.name)]
         for member, result in zip(group, run_checks(group)):
-            _RESULTS[f"{member.spec.name}::{member.id}"] = result
-    return _RESULTS[key]
+            results[f"{member.spec.name}::{member.id}"] = result
+    return results[key]
 
 
 # One xdist group per rule x implementation: with `pytest -n N --dist loadgroup` (tox) a group runs on one worker.

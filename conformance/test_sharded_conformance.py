@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import pytest
 
-from optspec.conformance import Check, CheckResult, check_groups, enumerate_checks, load_goldens, run_checks
+from optspec.conformance import Check, CheckResult, check_groups, enumerate_checks, load_goldens
 from optspec.impls import sharded_implementations
 from optspec.spec import SpecLibrary
 
 from .conftest import GOLDEN_DIR
-from .test_conformance import expect_verdict
+from .test_conformance import expect_verdict, grouped_result
 
 pytestmark = pytest.mark.sharded
 
@@ -28,15 +28,6 @@ _LIBRARY = SpecLibrary()
 _CHECKS = enumerate_checks(_LIBRARY, load_goldens(_LIBRARY, GOLDEN_DIR), sharded_implementations(WORLD_SIZE))
 _GROUPS = {(g[0].spec.name, g[0].implementation.name): g for g in check_groups(_CHECKS)}
 _RESULTS: dict[str, CheckResult] = {}
-
-
-def _result_of(check: Check) -> CheckResult:
-    key = f"{check.spec.name}::{check.id}"
-    if key not in _RESULTS:
-        group = _GROUPS[(check.spec.name, check.implementation.name)]
-        for member, result in zip(group, run_checks(group)):
-            _RESULTS[f"{member.spec.name}::{member.id}"] = result
-    return _RESULTS[key]
 
 
 def test_every_rule_with_a_torch_binding_has_sharded_columns() -> None:
@@ -55,4 +46,4 @@ def test_every_rule_with_a_torch_binding_has_sharded_columns() -> None:
 
 @pytest.mark.parametrize("check", [pytest.param(c, id=c.id) for c in _CHECKS])
 def test_conforms_sharded(check: Check) -> None:
-    expect_verdict(_result_of(check))
+    expect_verdict(grouped_result(check, _GROUPS, _RESULTS))
