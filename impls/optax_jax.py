@@ -1164,6 +1164,14 @@ BINDINGS["adafactor"] = Binding(
 )
 
 
+def _decay_coupled_or_inside(core: Callable[[float], Any], weight_decay: float, coupled: bool) -> Any:
+    """The D-Adaptation family's decay: coupled, chain(add_decayed_weights(lambda), core(0)) as their
+    docstrings say; decoupled, the transformation's own weight_decay argument."""
+    import optax
+
+    return optax.chain(optax.add_decayed_weights(weight_decay), core(0.0)) if coupled else core(weight_decay)
+
+
 def prodigy(
     learning_rate: Schedule,
     betas: tuple[float, float],
@@ -1192,7 +1200,7 @@ def prodigy(
             safeguard_warmup=safeguard_warmup,
         )
 
-    return optax.chain(optax.add_decayed_weights(weight_decay), core(0.0)) if coupled else core(weight_decay)
+    return _decay_coupled_or_inside(core, weight_decay, coupled)
 
 
 FACTORIES["prodigy"] = prodigy
@@ -1245,7 +1253,7 @@ def dadapt_adam(
     def core(decay: float) -> Any:
         return optax.contrib.dadapt_adamw(learning_rate, betas=tuple(betas), eps=eps, estim_lr0=estim_lr0, weight_decay=decay)
 
-    return optax.chain(optax.add_decayed_weights(weight_decay), core(0.0)) if coupled else core(weight_decay)
+    return _decay_coupled_or_inside(core, weight_decay, coupled)
 
 
 FACTORIES["dadapt_adam"] = dadapt_adam
