@@ -276,7 +276,7 @@ def test_item2_validate_catches_a_tampered_value_with_a_recomputed_hash(
     from optspec.golden import read_golden
 
     read_golden(path)  # the hash was recomputed: the reader alone cannot tell
-    code, _, err = cli(capsys, "validate", "--dir", str(golden), "--sample", "1", "--seed", "7")
+    code, _, err = cli(capsys, "validate", "--dir", str(golden), "--rule", "sgd", "--sample", "1", "--seed", "7")
     one_line_error(code, err, "sgd.json: test 'sgd/", message, "tampered", "--seed 7")
 
 

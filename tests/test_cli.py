@@ -92,3 +92,23 @@ def test_validate(capsys: pytest.CaptureFixture[str]) -> None:
     # tox's own `optspec validate --sample 2` command, and tests/test_bad_input.py tests the sample.
     assert main(["validate", "--dir", str(ROOT / "conformance" / "golden"), "--sample", "0"]) == 0
     assert "known deviations are valid" in capsys.readouterr().out
+
+
+def test_validate_selects_rules_and_schedules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--rule and --schedule validate only the files they name (as `optspec run` selects)."""
+    golden = tmp_path / "golden"
+    shutil.copytree(ROOT / "conformance" / "golden", golden)
+    (golden / "adam.json").write_text("[]")
+    (golden / "schedules" / "cosine.json").write_text("[]")
+    assert main(["validate", "--dir", str(golden), "--rule", "sgd", "--rule", "lion", "--sample", "1", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 rule specs with ") and " 0 schedules with 0 golden tests" in out, (
+        f"--rule sgd --rule lion validates those two rules and no schedule: {out}"
+    )
+    assert main(["validate", "--dir", str(golden), "--schedule", "step", "--sample", "1", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 rule specs with 0 golden tests, 1 schedules with "), f"--schedule step: {out}"
+    assert main(["validate", "--dir", str(golden), "--rule", "adam", "--sample", "0"]) == 2
+    assert "adam.json: does not match golden.schema.json" in capsys.readouterr().err, "the named file is validated"
+    assert main(["validate", "--dir", str(golden), "--schedule", "cosine", "--sample", "0"]) == 2
+    assert "cosine.json: does not match" in capsys.readouterr().err, "the named schedule file is validated"

@@ -373,5 +373,9 @@ class SpecFiles(Generic[S]):
     def all(self) -> list[S]:
         return [self.get(name) for name in self.names]
 
+    def loaded(self) -> list[S]:
+        """The specs :meth:`get` has loaded so far, in name order (nothing more is parsed)."""
+        return [self._cache[name] for name in sorted(self._cache)]
+
     def _load(self, name: str, path: Path, shown: str) -> S:
         raise NotImplementedError

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -28,6 +29,8 @@ import numpy as np
 
 from optspec.declarations import SpecDeclarations, shorten, variant_label
 from optspec.errors import GoldenError
+
+_JSONSCHEMA_VERSION = importlib.metadata.version("jsonschema")
 
 
 def test_name(spec: SpecDeclarations, variant: Mapping[str, str], case: str) -> str:
@@ -152,10 +155,55 @@ def load_json(path: Path, shown: str, what: str = "golden file") -> Any:
         raise GoldenError(f"{shown}: not a {what}: JSON nested too deeply") from None
 
 
+#: ``$OPTSPEC_SCHEMA_CACHE``: where :func:`schema_error` remembers documents that matched their
+#: schema (``off`` or an empty value: nowhere); default ``$XDG_CACHE_HOME/optspec/schema-matched``.
+SCHEMA_CACHE_ENV = "OPTSPEC_SCHEMA_CACHE"
+
+
+def schema_cache_dir() -> Path | None:
+    """The directory of :func:`schema_error`'s record of matched documents (None: none kept)."""
+    value = os.environ.get(SCHEMA_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "optspec" / "schema-matched"
+
+
+def _match_key(doc: Any, schema: Mapping[str, Any]) -> str | None:
+    """sha256 of the validator's version, the schema and the document (canonical JSON); None
+    for a document JSON cannot write canonically (it is validated every time)."""
+    try:
+        canonical = [json.dumps(x, sort_keys=True, separators=(",", ":"), allow_nan=False) for x in (schema, doc)]
+    except (TypeError, ValueError, RecursionError):
+        return None
+    digest = hashlib.sha256(f"jsonschema {_JSONSCHEMA_VERSION}\n".encode())
+    for text in canonical:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()
+
+
 def schema_error(doc: Any, schema: Mapping[str, Any], shown: str, name: str) -> GoldenError | None:
-    """The best-matching schema violation as a one-line GoldenError (None when ``doc`` matches)."""
+    """The best-matching schema violation as a one-line GoldenError (None when ``doc`` matches).
+
+    Validation is a pure function of the document, the schema and jsonschema's version, and
+    about a quarter of a second per golden file (ten seconds for every rule's): a match is
+    remembered as an empty file named by the sha256 of those three (:func:`schema_cache_dir`),
+    and a document whose key is there is not validated again. Only matches are remembered, so
+    every violation is found, and reported, afresh; a cache that cannot be read or written
+    changes nothing but the time.
+    """
+    directory = schema_cache_dir()
+    key = _match_key(doc, schema) if directory is not None else None
+    if key is not None and (directory / key).is_file():
+        return None
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
     if error is None:
+        if key is not None:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / key).touch()
+            except OSError:
+                pass
         return None
     where = shorten("/".join(str(p) for p in error.absolute_path) or "(top level)", 120)
     return GoldenError(f"{shown}: does not match {name} at {where}: {shorten(error.message, 200)}")

@@ -2,7 +2,8 @@
 
 For a rule variant, hyperparameters and inputs this evaluates the spec with
 :func:`optspec.reference.run_reference` in float64 and measures the error model's budgets
-with :func:`optspec.tolerance.measure` — exactly what :mod:`optspec.golden` stores for the
+with :func:`optspec.tolerance.measure` (an earlier identical measurement is read back from
+:mod:`optspec.checking.budget_cache`) — exactly what :mod:`optspec.golden` stores for the
 golden cases, but for any hyperparameters (``--hyper``) and any gradient stream (the
 behavioural checks). The result is a :class:`optspec.golden.GoldenTest`, so that
 :func:`optspec.conformance.compare` applies unchanged.
@@ -21,10 +22,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from optspec.checking.budget_cache import measured
 from optspec.golden import GoldenTest
 from optspec.reference import FLOAT64, CaseInputs, Precision, Trajectory, run_reference
 from optspec.spec import ResolvedRule, Spec
-from optspec.tolerance import measure
 
 
 def bfloat16_type() -> Any | None:
@@ -95,7 +96,9 @@ class Expectations:
         key = (*self._key(spec, variant, hyper, inputs, tag), tuple(wanted), tuple(record))
         if key not in self._budgets:
             rule = self.rule(spec, variant)
-            self._budgets[key] = measure(rule, hyper, inputs, record, wanted, seed_text=f"{spec.name}/{tag}", ref64=ref64)
+            self._budgets[key] = measured(
+                rule, spec.sha256, variant, hyper, inputs, record, wanted, seed_text=f"{spec.name}/{tag}", ref64=ref64
+            )
         atol: dict[str, Any] = dict(self._budgets[key])
         for name in ("bfloat16", "bfloat16_scalar32"):
             if name in atol:

@@ -400,7 +400,6 @@ def run_session(
         kwargs=session.fixed,
         inner=session.inner_info,
     )
-    report.specs = {s.name: {"path": s.path, "sha256": s.sha256} for s in session.library.all()}
     ran: list[_Ran] = []
     prepared: list[tuple[str, dict[str, float], CaseInputs, list[int], GoldenTest]] = []
     for case in spec.cases:
@@ -434,6 +433,8 @@ def run_session(
         if on_progress is not None:
             on_progress("behaviour")
     report.notes = list(session.notes)
+    # the specs the verdict was computed from: the rule's, its inner rule's, those the diagnosis compared
+    report.specs = {s.name: {"path": s.path, "sha256": s.sha256} for s in session.library.loaded()}
     return report
 
 

@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="regenerate N random tests of every golden file from its spec and compare (default 2; 0: none)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the sample (default: random, printed)")
+    parser.add_argument("--rule", action="append", default=[], help="only this rule's golden file (repeatable)")
+    parser.add_argument("--schedule", action="append", default=[], help="only this schedule's golden file (repeatable)")
     parser.set_defaults(func=run)
 
 
@@ -64,24 +66,27 @@ def run(args: argparse.Namespace) -> int:
     directory = args.dir or default_golden_dir()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    count = 0
-    sampled = 0
-    for spec in library.all():
-        golden = read_golden(directory / f"{spec.name}.json", spec)
-        count += len(golden.tests)
-        sampled += check_rule_sample(spec, golden, rng.sample(golden.tests, min(args.sample, len(golden.tests))), seed)
     from optspec.schedule_golden import read_schedule_golden, schedule_golden_dir
     from optspec.schedule_spec import ScheduleLibrary
 
     schedules = ScheduleLibrary()
+    # as in `optspec run`: --rule alone selects no schedule, --schedule alone no rule
+    rules = [library.get(name) for name in args.rule] if args.rule else ([] if args.schedule else library.all())
+    chosen = [schedules.get(name) for name in args.schedule] if args.schedule else ([] if args.rule else schedules.all())
+    count = 0
+    sampled = 0
+    for spec in rules:
+        golden = read_golden(directory / f"{spec.name}.json", spec)
+        count += len(golden.tests)
+        sampled += check_rule_sample(spec, golden, rng.sample(golden.tests, min(args.sample, len(golden.tests))), seed)
     schedule_tests = 0
-    for schedule in schedules.all():
+    for schedule in chosen:
         golden = read_schedule_golden(schedule_golden_dir(directory) / f"{schedule.name}.json", schedule)
         schedule_tests += len(golden.tests)
         sampled += check_schedule_sample(schedule, golden, rng.sample(golden.tests, min(args.sample, len(golden.tests))), seed)
     registry = deviations()
     print(
-        f"{len(library.names)} rule specs with {count} golden tests, {len(schedules.names)} schedules with "
+        f"{len(rules)} rule specs with {count} golden tests, {len(chosen)} schedules with "
         f"{schedule_tests} golden tests and {len(registry)} known deviations are valid; "
         f"{sampled} sampled tests regenerated from the specs agree (--seed {seed})"
     )
