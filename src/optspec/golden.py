@@ -138,11 +138,16 @@ def generate(spec: Spec, pool: Executor | None = None) -> GoldenFile:
 
 
 def generate_many(
-    specs: Sequence[Spec], pool: Executor | None = None, on_test: Callable[[str], None] | None = None
+    specs: Sequence[Spec],
+    pool: Executor | None = None,
+    on_test: Callable[[str], None] | None = None,
+    only: Mapping[str, Sequence[tuple[Mapping[str, str], str]]] | None = None,
 ) -> list[GoldenFile]:
     """:func:`generate` for several specs, measuring every test's budgets in one pool.
 
-    ``on_test(rule)`` is called after each test's budgets are measured (progress).
+    ``on_test(rule)`` is called after each test's budgets are measured (progress). ``only``
+    (rule -> (full variant, case id) pairs) generates just those tests of a rule, in that
+    order (``optspec validate``'s sample); every other rule gets every golden combo x case.
     """
     if importlib.util.find_spec("ml_dtypes") is None:
         raise GoldenError("optspec golden: the bfloat16 budgets need ml_dtypes (pip install 'optspec[torch]')")
@@ -150,16 +155,24 @@ def generate_many(
     measurements: list[tuple[Any, ...]] = []
     for spec in specs:
         inputs = {case.id: make_inputs(spec, case) for case in spec.cases}
-        for variant in spec.golden_combos():
-            rule = spec.resolve(variant)
-            for case in spec.cases:
-                hyper = spec.hyper_values(case.hyper)
-                record = recorded_steps(case.steps)
-                ref64 = run_reference(rule, hyper, inputs[case.id], FLOAT64, range(1, case.steps + 1))
-                name = test_name(spec, variant, case.id)
-                _check_finite(spec, name, ref64, "the float64 reference")
-                jobs.append((spec, dict(variant), case, inputs[case.id], rule.rule_slots))
-                measurements.append((rule, hyper, inputs[case.id], record, RULE_PROFILES, name, ref64))
+        chosen = only.get(spec.name) if only is not None else None
+        if chosen is None:
+            chosen = [(variant, case.id) for variant in spec.golden_combos() for case in spec.cases]
+        resolved: dict[str, Any] = {}
+        for variant, case_id in chosen:
+            variant = dict(variant)
+            case = spec.case(case_id)
+            label = repr(sorted(variant.items()))
+            if label not in resolved:
+                resolved[label] = spec.resolve(variant)
+            rule = resolved[label]
+            hyper = spec.hyper_values(case.hyper)
+            record = recorded_steps(case.steps)
+            ref64 = run_reference(rule, hyper, inputs[case.id], FLOAT64, range(1, case.steps + 1))
+            name = test_name(spec, variant, case.id)
+            _check_finite(spec, name, ref64, "the float64 reference")
+            jobs.append((spec, variant, case, inputs[case.id], rule.rule_slots))
+            measurements.append((rule, hyper, inputs[case.id], record, RULE_PROFILES, name, ref64))
     mapped = pool.map(_measure, measurements, chunksize=4) if pool is not None else map(_measure, measurements)
     tests: dict[str, list[GoldenTest]] = {spec.name: [] for spec in specs}
     for (spec, variant, case, case_inputs, rule_slots), (_, hyper, _, record, _, name, ref64), atol in zip(

@@ -26,7 +26,7 @@ import numpy as np
 
 from optspec.commands import add_spec_options, library_from
 from optspec.errors import GoldenError
-from optspec.golden import GoldenFile, default_golden_dir, generate, read_golden
+from optspec.golden import GoldenFile, default_golden_dir, generate, generate_many, measurement_pool, read_golden
 from optspec.impls.base import deviations
 from optspec.spec import Spec
 
@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="regenerate N random tests of every golden file from its spec and compare (default 2; 0: none)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the sample (default: random, printed)")
+    parser.add_argument(
+        "--jobs", type=_count, default=None, metavar="N", help="processes measuring the sample's budgets (default: one per CPU)"
+    )
     parser.add_argument("--rule", action="append", default=[], help="only this rule's golden file (repeatable)")
     parser.add_argument("--schedule", action="append", default=[], help="only this schedule's golden file (repeatable)")
     parser.set_defaults(func=run)
@@ -74,11 +77,22 @@ def run(args: argparse.Namespace) -> int:
     rules = [library.get(name) for name in args.rule] if args.rule else ([] if args.schedule else library.all())
     chosen = [schedules.get(name) for name in args.schedule] if args.schedule else ([] if args.rule else schedules.all())
     count = 0
-    sampled = 0
+    samples: list[tuple[Spec, GoldenFile, list[Any]]] = []
     for spec in rules:
         golden = read_golden(directory / f"{spec.name}.json", spec)
         count += len(golden.tests)
-        sampled += check_rule_sample(spec, golden, rng.sample(golden.tests, min(args.sample, len(golden.tests))), seed)
+        samples.append((spec, golden, rng.sample(golden.tests, min(args.sample, len(golden.tests)))))
+    # every sampled rule test regenerated at once, the budgets measured in worker processes
+    only = {spec.name: [(test.variant, test.case) for test in tests] for spec, _, tests in samples}
+    pool = measurement_pool(args.jobs) if sum(map(len, only.values())) > 1 else None
+    try:
+        regenerated = generate_many([spec for spec, _, _ in samples], pool, only=only)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    sampled = 0
+    for (spec, golden, tests), fresh in zip(samples, regenerated):
+        sampled += check_rule_sample(spec, golden, tests, seed, fresh.tests)
     schedule_tests = 0
     for schedule in chosen:
         golden = read_schedule_golden(schedule_golden_dir(directory) / f"{schedule.name}.json", schedule)
@@ -93,11 +107,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_rule_sample(spec: Spec, golden: GoldenFile, tests: Sequence[Any], seed: int) -> int:
-    """Regenerate each sampled test of a rule's golden file; a disagreement is a GoldenError."""
-    for test in tests:
-        only = _one_test(spec, test.variant, test.case)
-        (fresh,) = generate(only).tests
+def check_rule_sample(
+    spec: Spec, golden: GoldenFile, tests: Sequence[Any], seed: int, regenerated: Sequence[Any] | None = None
+) -> int:
+    """Regenerate each sampled test of a rule's golden file (or take ``regenerated``, the same
+    tests already regenerated, in order); a disagreement is a GoldenError."""
+    for position, test in enumerate(tests):
+        if regenerated is not None:
+            fresh = regenerated[position]
+        else:
+            (fresh,) = generate(_one_test(spec, test.variant, test.case)).tests
         where = f"{golden.path}: test {test.name!r}"
         for step in fresh.steps:
             if step not in test.expected:
