@@ -1,9 +1,9 @@
 """Time the main job, ``optspec run`` (the whole matrix: rules and schedules, every installed
 implementation), as a fresh machine would run it, and print the wall and CPU time.
 
-    python tools/bench_run.py                     # cold: empty caches (CUDA kernel builds, JAX compilations)
+    python tools/bench_run.py                     # cold: empty caches (CUDA kernel builds, JAX compilations, schema matches)
     python tools/bench_run.py --repeat 2          # cold, then warm: the second run reuses the first's caches
-    python tools/bench_run.py --warm              # the caches a plain `optspec run` uses (impls/cuda/build, ~/.cache/optspec/jax)
+    python tools/bench_run.py --warm              # the caches a plain `optspec run` uses (impls/cuda/build, ~/.cache/optspec)
     python tools/bench_run.py --jobs 1            # no worker processes
     python tools/bench_run.py --compare before.json --json after.json
                                                   # and every check's record must equal before.json's
@@ -86,6 +86,8 @@ def main() -> int:
         if not args.warm:
             env["OPTSPEC_CUDA_BUILD_DIR"] = str(Path(scratch) / "cuda-build")
             env["OPTSPEC_JAX_CACHE"] = str(Path(scratch) / "jax-cache")
+            env["OPTSPEC_SCHEMA_CACHE"] = str(Path(scratch) / "schema-matched")
+            env["OPTSPEC_BUDGET_CACHE"] = str(Path(scratch) / "budgets")
             env.pop("JAX_COMPILATION_CACHE_DIR", None)
         command = [sys.executable, "-m", "optspec.cli", "run", "--quiet", "--json", str(out)]
         if args.jobs is not None:
