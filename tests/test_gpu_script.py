@@ -1,4 +1,4 @@
-"""The GPU run's pieces that need neither a GPU nor time (tools/gpu/; the whole dry run runs in tox).
+"""The GPU run's pieces that need neither a GPU nor time (tools/gpu/; the whole dry run is tox -e gpu-rehearsal).
 
 * wheel tags: the device (CPython 3.12, manylinux x86_64) accepts the locked wheels and refuses
   a cp311 or a macOS build; the lock's lines parse and name each package once;
