@@ -42,7 +42,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text(), "the venv must not see system packages"
     bin_dir = venv / "bin"
     install = [str(bin_dir / "python"), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt")]
-    installed = _run([*install, f"{wheel}[torch]", "pytest==9.2.0"], base)
+    installed = _run([*install, f"{wheel}[torch]", "pytest==9.1.1"], base)
     assert installed.returncode == 0, f"installing the wheel failed: {installed.stderr[-3000:]}"
     proj = base / "mylib"
     (proj / "tests").mkdir(parents=True)
