@@ -289,6 +289,10 @@ def test_item2_validate_catches_a_tampered_value_with_a_recomputed_hash(
         (b'"a string"', "does not match golden.schema.json at (top level): 'a string' is not of type 'object'"),
         (b'{"x": 1' + b"0" * 5000 + b"}", "has 5001 digits"),
     ],
+    # short ids: pytest puts the test id in $PYTEST_CURRENT_TEST, and an environment string over
+    # 128 KiB (the content as an id: 200000 characters) makes exec fail with E2BIG in every
+    # process the test spawns (golden --check's measurement workers)
+    ids=["nested-100000", "not-utf8", "empty-list", "a-string", "5001-digits"],
 )
 def test_item3_corrupt_files_are_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes, message: str
