@@ -160,13 +160,19 @@ def load_json(path: Path, shown: str, what: str = "golden file") -> Any:
 SCHEMA_CACHE_ENV = "OPTSPEC_SCHEMA_CACHE"
 
 
-def schema_cache_dir() -> Path | None:
-    """The directory of :func:`schema_error`'s record of matched documents (None: none kept)."""
-    value = os.environ.get(SCHEMA_CACHE_ENV)
+def user_cache_dir(env: str, name: str) -> Path | None:
+    """A directory of optspec's records: ``$env`` when set (``off``, ``0``, ``none`` or empty:
+    None, no record kept), else ``$XDG_CACHE_HOME/optspec/<name>`` (``~/.cache/optspec/<name>``)."""
+    value = os.environ.get(env)
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "optspec" / "schema-matched"
+    return Path(root) / "optspec" / name
+
+
+def schema_cache_dir() -> Path | None:
+    """The directory of :func:`schema_error`'s record of matched documents (None: none kept)."""
+    return user_cache_dir(SCHEMA_CACHE_ENV, "schema-matched")
 
 
 def _match_key(doc: Any, schema: Mapping[str, Any]) -> str | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from collections.abc import Collection, Iterable, Mapping
 from functools import cache
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from optspec.golden_format import write_atomic
+from optspec.golden_format import user_cache_dir, write_atomic
 from optspec.reference import CaseInputs, Trajectory
 from optspec.spec import ResolvedRule
 from optspec.tolerance import MEMBERS, Budgets, measure
@@ -41,11 +40,7 @@ CACHE_ENV = "OPTSPEC_BUDGET_CACHE"
 
 def cache_dir() -> Path | None:
     """Where budgets are recorded (None: nowhere)."""
-    value = os.environ.get(CACHE_ENV)
-    if value is not None:
-        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "optspec" / "budgets"
+    return user_cache_dir(CACHE_ENV, "budgets")
 
 
 @cache
