@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from optspec.errors import AdapterError, LibraryCannotRun
+from optspec.golden_format import user_cache_dir
 from optspec.impls.base import Binding, Keyword, Plan, Requirement, Since, Slot, Support, installed_version, lacks
 from optspec.reference import CaseInputs, Trajectory
 
@@ -773,11 +774,8 @@ CACHE_ENV = "OPTSPEC_JAX_CACHE"
 
 def compilation_cache_dir() -> str | None:
     """Where :func:`use_compilation_cache` keeps compiled programs (None: nowhere)."""
-    value = os.environ.get(CACHE_ENV)
-    if value is not None:
-        return None if value.strip().lower() in ("", "off", "0", "none") else value
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "optspec", "jax")
+    directory = user_cache_dir(CACHE_ENV, "jax")
+    return None if directory is None else str(directory)
 
 
 @cache

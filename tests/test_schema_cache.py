@@ -26,7 +26,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
-def no_validator(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+def counting_validators(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Record every construction of a validator (a remembered match must not build one)."""
     built: list[object] = []
     real = jsonschema.Draft202012Validator
@@ -42,14 +42,14 @@ def no_validator(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 def test_a_match_is_remembered_and_not_validated_again(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert schema_error({"x": 1.5}, SCHEMA, "f.json", "s") is None
     assert len(list(cache.iterdir())) == 1, f"one matched document, one record: {list(cache.iterdir())}"
-    built = no_validator(monkeypatch)
+    built = counting_validators(monkeypatch)
     assert schema_error({"x": 1.5}, SCHEMA, "f.json", "s") is None
     assert built == [], "a document whose match is recorded was validated again"
 
 
 def test_an_edited_document_is_validated_again(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert schema_error({"x": 1.5}, SCHEMA, "f.json", "s") is None
-    built = no_validator(monkeypatch)
+    built = counting_validators(monkeypatch)
     error = schema_error({"x": "1.5"}, SCHEMA, "f.json", "s")
     assert error is not None and "f.json: does not match s at x: '1.5' is not of type 'number'" in str(error), (
         f"an edited document must be validated and its violation reported, got {error}"

@@ -17,7 +17,6 @@ prints and the reports show.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -298,23 +297,11 @@ class _Pending:
                 repr(sorted(plan.kwargs.items())),
                 repr(sorted(plan.run_variant.items())),
                 repr(sorted(hyper.items())),
-                inputs_digest(inputs),
+                inputs.digest(),
                 dtype,
                 tuple(record),
             )
         return self._key
-
-
-def inputs_digest(inputs: Any) -> str:
-    """A content hash of a case's inputs (parameters, gradients, lr multipliers, schedule)."""
-    digest = hashlib.sha256()
-    for array in (*inputs.params, *inputs.grads, inputs.lr_multipliers):
-        value = np.ascontiguousarray(array)
-        digest.update(repr((value.dtype.str, value.shape)).encode())
-        digest.update(value.tobytes())
-    schedule = inputs.schedule
-    digest.update(repr(None if schedule is None else schedule.as_json()).encode())
-    return digest.hexdigest()
 
 
 def _prepare(check: Check) -> CheckResult | _Pending:

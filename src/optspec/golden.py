@@ -154,10 +154,10 @@ def generate_many(
     jobs: list[tuple[Spec, dict[str, str], Any, Any, tuple[str, ...]]] = []
     measurements: list[tuple[Any, ...]] = []
     for spec in specs:
-        inputs = {case.id: make_inputs(spec, case) for case in spec.cases}
         chosen = only.get(spec.name) if only is not None else None
         if chosen is None:
             chosen = [(variant, case.id) for variant in spec.golden_combos() for case in spec.cases]
+        inputs = {case_id: make_inputs(spec, spec.case(case_id)) for case_id in dict.fromkeys(c for _, c in chosen)}
         resolved: dict[str, Any] = {}
         for variant, case_id in chosen:
             variant = dict(variant)

@@ -31,6 +31,7 @@ variant amplify.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,22 @@ class CaseInputs:
     @property
     def steps(self) -> int:
         return int(self.lr_multipliers.shape[0])
+
+    def digest(self) -> str:
+        """sha256 of everything a run reads from these inputs: every array's dtype, shape and
+        bytes (parameters, gradients, lr multipliers, the quadratic loss's curvature and centre)
+        and the schedule."""
+        digest = hashlib.sha256()
+        arrays = (*self.params, *self.grads, self.lr_multipliers)
+        if self.quadratic is not None:
+            arrays += (*self.quadratic.curvature, *self.quadratic.center)
+        for array in arrays:
+            value = np.ascontiguousarray(array)
+            digest.update(repr((value.dtype.str, value.shape)).encode())
+            digest.update(value.tobytes())
+        digest.update(b"quadratic" if self.quadratic is not None else b"fixed")
+        digest.update(repr(None if self.schedule is None else self.schedule.as_json()).encode())
+        return digest.hexdigest()
 
 
 #: ``trajectory[step][tensor_index][slot]`` with slot ``"theta"`` for the parameter.

@@ -26,7 +26,6 @@ import platform
 from collections.abc import Collection, Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -55,12 +54,6 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _array_bytes(digest: Any, array: Any) -> None:
-    value = np.ascontiguousarray(array)
-    digest.update(repr((value.dtype.str, value.shape)).encode())
-    digest.update(value.tobytes())
-
-
 def key(
     spec_sha256: str,
     variant: Mapping[str, str],
@@ -82,16 +75,9 @@ def key(
         "profiles": list(profiles),
         "seed": seed_text,
         "members": members,
-        "schedule": None if inputs.schedule is None else inputs.schedule.as_json(),
+        "inputs": inputs.digest(),
     }
     digest.update(json.dumps(head, sort_keys=True).encode())
-    for array in (*inputs.params, *inputs.grads, inputs.lr_multipliers):
-        _array_bytes(digest, array)
-    quadratic = inputs.quadratic
-    digest.update(b"quadratic" if quadratic is not None else b"fixed")
-    if quadratic is not None:
-        for array in (*quadratic.curvature, *quadratic.center):
-            _array_bytes(digest, array)
     return digest.hexdigest()
 
 
